@@ -1,0 +1,9 @@
+"""Inferers of monai_fovea."""
+
+__all__: list[str] = []
+
+# --- foveation ---
+
+# --- segment-then-segment ---
+
+# --- sparse ---

@@ -1,0 +1,3 @@
+"""Transforms for the boxes strategy: functional.py (pure tensor functions) -> array.py -> dictionary.py."""
+
+__all__: list[str] = []

@@ -53,7 +53,9 @@ def run_bundle():
     def _run(name: str, config: str | list[str] = "inference.json", timeout: float = 900, **overrides):
         configs = [config] if isinstance(config, str) else config
         files = [str(BUNDLES / name / "configs" / c) for c in configs]
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", ",".join(files) if len(files) > 1 else files[0]]
+        # MONAI takes several config files as a Python-style list string, not comma-separated.
+        config_arg = files[0] if len(files) == 1 else repr(files)
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
         cmd += ["--bundle_root", str(BUNDLES / name)]
         for key, value in overrides.items():
             cmd += [f"--{key}", str(value)]

@@ -1,0 +1,142 @@
+"""The foveation_wsi_segmentation bundle: metadata, network I/O, inference on a real pyramidal slide and a tile as a
+user runs it, a failing run, and DDP training with gloo on CPU through torchrun."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from monai_fovea.apps.foveation_wsi import build_network
+from monai_fovea.data.io import write_pyramidal_tiff
+from monai_fovea.inferers import WSIFoveatedInferer
+
+openslide = pytest.importorskip("openslide", reason="openslide-python is the bundle's default WSI backend")
+
+NAME = "foveation_wsi_segmentation"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / NAME
+REPO = BUNDLE.parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def _bundle_network() -> torch.nn.Module:
+    net = build_network()
+    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_metadata_is_valid(meta_schema):
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(meta_schema))
+
+
+def test_network_in_out_and_weights():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_dense", meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                      config_file=str(BUNDLE / "configs" / "inference.json"), device="cpu", n=2)
+    path = BUNDLE / "models" / "model.pt"
+    assert path.stat().st_size < 5 * 2**20
+    _bundle_network()  # a plain state dict of network_def: loads strictly
+
+
+@pytest.fixture(scope="module")
+def slide_crop(sample, tmp_path_factory):
+    """A 512 × 384 px tissue crop of the sample slide (level 0), written as a 3-level JPEG pyramid at 0.499 µm/px,
+    beside a 96 × 128 PNG tile of the same slide."""
+    with tifffile.TiffFile(sample("cmu_slide")["image"]) as tif:
+        level0 = tif.pages[0].asarray()
+    folder = tmp_path_factory.mktemp("bundle_in")
+    crop = level0[1200:1712, 800:1184]
+    write_pyramidal_tiff(crop, folder / "crop.tif", mpp=0.499, tile=128, levels=3)
+    Image.fromarray(level0[1300:1396, 900:1028]).save(folder / "tile.png")
+    return folder
+
+
+def test_inference_on_slide_and_tile(slide_crop, tmp_path, run_bundle):
+    before = _digest(slide_crop)
+    out = tmp_path / "out"
+    run_bundle(NAME, "inference.json", input=str(slide_crop), output_dir=str(out), device="cpu")
+    assert _digest(slide_crop) == before  # inputs untouched
+    assert sorted(p.name for p in out.iterdir()) == [
+        "crop_apsm.png", "crop_label.tif", "crop_overlay.png", "tile_apsm.png", "tile_mask.png", "tile_overlay.png",
+    ]  # no temporary files left behind
+    label_slide = openslide.OpenSlide(str(out / "crop_label.tif"))
+    assert label_slide.dimensions == (384, 512)
+    assert float(label_slide.properties["openslide.mpp-x"]) == pytest.approx(0.499, rel=1e-4)
+    assert label_slide.level_count >= 2
+    label_slide.close()
+    label = tifffile.imread(out / "crop_label.tif")
+    assert set(np.unique(label)) <= {0, 1, 2}
+    # the bundle run equals the library pipeline with the bundle's weights and settings
+    ref_dir = tmp_path / "ref"
+    inferer = WSIFoveatedInferer(sw_batch_size=32, backend="openslide", progress=False)
+    ref = tifffile.imread(inferer(slide_crop / "crop.tif", _bundle_network(), ref_dir)["label"])
+    np.testing.assert_array_equal(label, ref)
+    # a tissue-rich crop: the trained model finds tissue and nuclei in it
+    assert (label == 1).mean() > 0.2 and (label == 2).mean() > 0.01
+    mask = np.asarray(Image.open(out / "tile_mask.png"))
+    assert mask.shape == (96, 128) and set(np.unique(mask)) <= {0, 1, 2}
+    assert np.asarray(Image.open(out / "crop_overlay.png")).shape == (512, 384, 3)
+
+
+def test_failing_run_leaves_no_output(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+           "--bundle_root", str(BUNDLE), "--input", str(tmp_path / "missing.svs"), "--output_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "missing.svs" in proc.stdout + proc.stderr  # the error names the bad input
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_multi_gpu_train_ddp_gloo_cpu(tmp_path):
+    """torchrun with 2 processes on CPU (gloo): 1 epoch capped at 2 steps; rank 0 writes a loadable state dict."""
+    model = tmp_path / "model.pt"
+    configs = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
+    # a free port of our own: ``--standalone`` rendezvouses on the fixed port 29400, which another torchrun
+    # on the same machine (a parallel test worker) may hold
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}",
+           "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE),
+           "--output", str(model), "--log_dir", str(tmp_path / "logs"), "--epochs", "1", "--max_steps", "2",
+           "--batch_size", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln or "error:" in ln]
+    assert proc.returncode == 0, "\n".join(errors[-20:]) + proc.stderr[-3000:]
+    assert proc.stdout.count("'world_size': 2") == 2  # both ranks trained in one process group
+    net = build_network()
+    net.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
+
+
+def test_inference_default_sample_input(tmp_path, run_bundle):
+    """The bundled default input (the cmu_slide sample) as a user runs it, only the output folder overridden."""
+    run_bundle(NAME, "inference.json", output_dir=str(tmp_path))
+    slide = openslide.OpenSlide(str(tmp_path / "cmu_small_region_label.tif"))
+    assert slide.dimensions == (2220, 2967)
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.499, rel=1e-4)
+    slide.close()
+    label = tifffile.imread(tmp_path / "cmu_small_region_label.tif")
+    fractions = [(label == k).mean() for k in range(3)]
+    assert 0.5 < fractions[0] < 0.9 and fractions[1] > 0.1 and fractions[2] > 0.01  # ~70 % glass on this slide
+    assert (tmp_path / "cmu_small_region_overlay.png").is_file() and (tmp_path / "cmu_small_region_apsm.png").is_file()

@@ -21,13 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLES_DIR = REPO_ROOT / "bundles"
+from .bundles import BUNDLES_DIR, available_bundles
 
-
-def available_bundles(bundles_dir: Path = BUNDLES_DIR) -> list[str]:
-    """Names of the bundles that have an ``configs/inference.json``."""
-    return sorted(p.parent.parent.name for p in bundles_dir.glob("*/configs/inference.json"))
+REPO_ROOT = BUNDLES_DIR.parent
 
 
 def run_bundle_inference(name: str, output_dir: Path, device: str, bundles_dir: Path = BUNDLES_DIR) -> int:

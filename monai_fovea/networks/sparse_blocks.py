@@ -1,0 +1,102 @@
+"""Building blocks shared by the sparse networks: conv + BN + ReLU stacks, active-set union and selection.
+
+spconv is imported lazily through :func:`monai_fovea.networks._spconv.require_spconv`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from monai_fovea.data.sparse_volume import linear_index
+from monai_fovea.networks._spconv import require_spconv
+
+__all__ = ["VoxelBatchNorm", "sparse_conv_bn_relu", "sparse_union", "select_voxels", "with_spatial_shape", "dense_to_spconv",
+           "spconv_to_dense", "round_up_shape"]
+
+_CONV_KIND = {"subm": "SubMConv{}d", "down": "SparseConv{}d", "inverse": "SparseInverseConv{}d",
+              "transpose": "SparseConvTranspose{}d"}
+
+
+class VoxelBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` over the active voxels ``[M, C]`` that also accepts ``M <= 1`` in training (a coarse level of
+    a small volume can hold a single voxel): it then normalises with the running statistics instead of failing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] <= 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False,
+                                            0.0, self.eps)
+        return super().forward(x)
+
+
+def sparse_conv_bn_relu(spatial_dims: int, kind: str, in_channels: int, out_channels: int, kernel_size: int = 3,
+                        stride: int = 1, padding: int = 0, indice_key: str | None = None) -> nn.Module:
+    """``SparseSequential(conv, BatchNorm1d, ReLU)``; ``kind`` is ``subm`` (submanifold: keeps the active set),
+    ``down`` (strided), ``inverse`` (restores the active set of the strided conv with the same ``indice_key``) or
+    ``transpose`` (generative: creates every child voxel)."""
+    spconv = require_spconv()
+    conv_cls = getattr(spconv, _CONV_KIND[kind].format(spatial_dims))
+    kwargs: dict[str, Any] = {"bias": False, "indice_key": indice_key}
+    if kind in ("inverse", "subm"):  # stride/padding are implied (inverse: those of the paired strided conv)
+        conv = conv_cls(in_channels, out_channels, kernel_size, **kwargs)
+    else:
+        conv = conv_cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding, **kwargs)
+    return spconv.SparseSequential(conv, VoxelBatchNorm(out_channels), nn.ReLU())
+
+
+def with_spatial_shape(x: Any, spatial_shape: Sequence[int], keep: torch.Tensor | None = None) -> Any:
+    """A new ``SparseConvTensor`` with (optionally a subset of) ``x``'s voxels and another spatial shape.
+
+    A fresh tensor (no cached index pairs) so the next convolution computes its neighbourhoods anew."""
+    spconv = require_spconv()
+    feats, idx = (x.features, x.indices) if keep is None else (x.features[keep], x.indices[keep])
+    return spconv.SparseConvTensor(feats.contiguous(), idx.contiguous(), [int(s) for s in spatial_shape], x.batch_size)
+
+
+def select_voxels(x: Any, keep: torch.Tensor) -> Any:
+    """The voxels of ``x`` where the bool ``keep`` ``[M]`` is True (pruning)."""
+    return with_spatial_shape(x, x.spatial_shape, keep)
+
+
+def sparse_union(a: Any, b: Any) -> Any:
+    """Union of two sparse tensors with the same spatial shape and channels; features are summed where both are
+    active (the decoder's skip connection: generated voxels plus the encoder's voxels at the same stride)."""
+    spconv = require_spconv()
+    shape = [int(s) for s in a.spatial_shape]
+    idx = torch.cat([a.indices, b.indices])
+    keys = linear_index(idx, shape)
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    feats = torch.zeros(len(uniq), a.features.shape[1], dtype=a.features.dtype, device=a.features.device)
+    feats = feats.index_add(0, inverse, torch.cat([a.features, b.features]))
+    coords = torch.empty(len(uniq), idx.shape[1], dtype=idx.dtype, device=idx.device)
+    coords[inverse] = idx
+    return spconv.SparseConvTensor(feats, coords, shape, max(a.batch_size, b.batch_size))
+
+
+def round_up_shape(spatial_shape: Sequence[int], multiple: int) -> list[int]:
+    """Each size rounded up to a multiple of ``multiple`` (strided convs then halve shapes exactly)."""
+    return [-(-int(s) // multiple) * multiple for s in spatial_shape]
+
+
+def dense_to_spconv(x: torch.Tensor, threshold: float = 0.0) -> Any:
+    """Dense ``[B, C, *S]`` → ``SparseConvTensor`` of the voxels where any channel is ``> threshold`` (features =
+    the channel values)."""
+    spconv = require_spconv()
+    active = (x > threshold).any(1)
+    idx = torch.nonzero(active)
+    feats = x.movedim(1, -1)[active]
+    # spconv silently mis-handles non-contiguous indices (torch.nonzero's are column-major): force row-major
+    return spconv.SparseConvTensor(feats.contiguous(), idx.int().contiguous(), list(x.shape[2:]), x.shape[0])
+
+
+def spconv_to_dense(x: Any, spatial_shape: Sequence[int] | None = None, background: float = 0.0) -> torch.Tensor:
+    """``SparseConvTensor`` → dense ``[B, C, *S]`` with ``background`` at inactive voxels (differentiable)."""
+    from monai_fovea.transforms.sparse.functional import sparse_to_dense
+
+    shape = [int(s) for s in (spatial_shape if spatial_shape is not None else x.spatial_shape)]
+    idx, feats = x.indices, x.features
+    inside = ((idx[:, 1:] < torch.tensor(shape, device=idx.device)).all(1))
+    return sparse_to_dense(idx[inside], feats[inside], shape, x.batch_size, background)

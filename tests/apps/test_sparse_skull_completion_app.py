@@ -1,0 +1,97 @@
+"""Skull-completion app: post-processing by hand, input/target construction, a short real training run."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("spconv.pytorch", reason="needs the 'spconv' package (pip install spconv)")
+
+from monai_fovea.apps import sparse_completion as sc  # noqa: E402
+from monai_fovea.data.synthetic import skull_shell  # noqa: E402
+
+
+def test_postprocess_subtracts_input_opens_and_keeps_largest_component():
+    defective = np.zeros((20, 20, 20), bool)
+    defective[:, :, :5] = True
+    occ = defective.copy()
+    occ[5:10, 5:10, 5:10] = True  # the implant: a 5^3 cube (survives opening)
+    occ[15:17, 15:17, 15:17] = True  # a 2^3 blob: removed by the opening (cross structure)
+    occ[0:3, 15:19, 12:19] = True  # a second, smaller component that survives the opening
+    implant = sc.postprocess_implant(torch.from_numpy(occ), defective)
+    # opening with the 6-neighbour cross: the 5^3 cube erodes to 3^3 and dilates back without its 12 edges and
+    # 8 corners (125 - 36 - 8 = 81 voxels); the 3x4x7 box comes back with 44 voxels, so it is the smaller one
+    g = np.indices((5, 5, 5))
+    on_boundary = ((g == 0) | (g == 4)).sum(0)
+    expected = np.zeros_like(occ)
+    expected[5:10, 5:10, 5:10] = on_boundary <= 1
+    assert expected.sum() == 81
+    assert np.array_equal(implant, expected)
+    assert not sc.postprocess_implant(np.zeros_like(occ), defective).any()
+
+
+def test_completion_target_is_shell_plus_implant():
+    defective = np.zeros((9, 9, 9), bool)
+    defective[2:7, 2:7, 2:7] = True  # 125 voxels, shell 98
+    implant = np.zeros_like(defective)
+    implant[0, 0, 0] = True
+    shell, coords = sc.completion_target(defective, implant)
+    assert shell.shape == (1, 1, 9, 9, 9) and shell.sum() == 98
+    assert coords.shape == (99, 4) and coords.dtype == torch.int32
+    assert coords[:, 0].eq(0).all() and [0, 0, 0, 0] in coords.tolist()
+
+
+def test_defect_case_is_a_partition_of_the_skull():
+    skull = skull_shell((40, 40, 32), seed=0).astype(bool)
+    case = sc.make_defect_case(skull, 3, (4, 6))
+    assert np.array_equal(case["defective"] | case["implant"], skull)
+    assert not (case["defective"] & case["implant"]).any() and case["implant"].sum() > 0
+
+
+def test_short_training_run_saves_a_loadable_state_dict(tmp_path, monkeypatch):
+    # a small synthetic "CT" skull keeps this fast; the real sample is used by the bundle and the benchmarks
+    small = skull_shell((48, 48, 40), seed=7, thickness=(3, 5)).astype(bool)
+    monkeypatch.setattr(sc, "load_ct_skull", lambda: (small, np.eye(4)))
+    out = tmp_path / "model.pt"
+    result = sc.train(out, steps=6, lr=1e-2, channels=(2, 4, 4), crop_size=(32, 32, 32), num_synthetic=1,
+                      log_every=3)
+    assert len(result["losses"]) == 6 and all(np.isfinite(result["losses"]))
+    state = torch.load(out, weights_only=True)
+    net = sc.build_network((2, 4, 4))
+    net.load_state_dict(state)  # exactly the bundle network's keys
+    implant, completed = sc.complete_skull(net, small & ~sc.make_defect_case(small, 0, (4, 6))["implant"])
+    assert implant.shape == small.shape and completed.shape == small.shape
+
+
+def test_vault_region_is_the_upper_slab_with_margin():
+    skull = np.zeros((4, 4, 40), bool)
+    skull[:, :, 10:31] = True  # extent 10..30 along the last (superior) axis
+    region = sc.vault_region(skull, vault_fraction=0.5, margin=3)
+    # cut = 30 - 0.5 * 20 - 3 = 17: slices 17.. are in
+    assert region[:, :, 17:].all() and not region[:, :, :17].any()
+    occ = np.zeros_like(skull)
+    occ[1:4, 1:4, 2:5] = True  # a low blob below the slab is dropped with the prior, kept without it
+    assert sc.postprocess_implant(occ, np.zeros_like(skull)).sum() > 0
+    assert not sc.postprocess_implant(occ, np.zeros_like(skull), vault_fraction=0.5).any()
+
+
+def test_superres_input_is_the_nearest_upsampled_max_pool():
+    mask = np.zeros((5, 4, 4), bool)
+    mask[0, 1, 2] = True
+    mask[4, 3, 3] = True  # in the last, partial cell along axis 0
+    up = sc.superres_input(mask, 2)
+    expected = np.zeros_like(mask)
+    expected[0:2, 0:2, 2:4] = True
+    expected[4:5, 2:4, 2:4] = True
+    assert up.shape == mask.shape and np.array_equal(up, expected)
+    assert (up | mask).sum() == up.sum()  # the coarse grid covers the fine mask
+
+
+def test_superres_training_and_refinement_run_on_the_fine_grid(tmp_path):
+    out = tmp_path / "sr.pt"
+    result = sc.train_superres(out, steps=3, channels=(2, 4, 4), crop_size=(24, 24, 24), skull_seeds=(1,))
+    assert len(result["losses"]) == 3 and all(np.isfinite(result["losses"]))
+    net = sc.build_network((2, 4, 4))
+    net.load_state_dict(torch.load(out, weights_only=True))
+    fine = skull_shell((32, 32, 24), seed=2).astype(bool)
+    occ = sc.superres(net, sc.superres_input(fine, 2))
+    assert occ.shape == fine.shape and occ.dtype == bool

@@ -1,0 +1,104 @@
+"""sparse_skull_completion bundle: metadata, network I/O, and inference run as a user runs it."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("spconv.pytorch", reason="needs the 'spconv' package (pip install spconv)")
+
+from monai.bundle import verify_metadata, verify_net_in_out  # noqa: E402
+
+from monai_fovea.apps.sparse_completion import make_defect_case  # noqa: E402
+from monai_fovea.data.synthetic import skull_shell  # noqa: E402
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "sparse_skull_completion"
+AFFINE = np.array([[-0.8, 0, 0, 40.0], [0, 0.8, 0, -30.0], [0, 0, 1.2, 12.5], [0, 0, 0, 1]])
+
+
+def _defective_nifti(path, seed=0):
+    case = make_defect_case(skull_shell((48, 48, 40), seed=seed, thickness=(3, 5)).astype(bool), seed, (5, 8))
+    nib.save(nib.Nifti1Image(case["defective"].astype(np.uint8), AFFINE), str(path))
+    return case
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_metadata_verifies(meta_schema):
+    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(meta_schema))
+
+
+def test_dense_wrapper_network_in_out():
+    verify_net_in_out(net_id="network_def", meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                      config_file=str(BUNDLE / "configs" / "inference.json"), device="cpu", n=1,
+                      bundle_root=str(BUNDLE))
+
+
+def test_inference_writes_implant_with_input_affine_and_leaves_input_untouched(run_bundle, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    case = _defective_nifti(src / "skull_a.nii.gz")
+    before = _digest(src / "skull_a.nii.gz")
+    out = tmp_path / "out"
+    run_bundle("sparse_skull_completion", "inference.json", input=src, output_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == ["skull_a_completed.nii.gz", "skull_a_implant.nii.gz"]
+    assert _digest(src / "skull_a.nii.gz") == before
+    implant = nib.load(str(out / "skull_a_implant.nii.gz"))
+    completed = nib.load(str(out / "skull_a_completed.nii.gz"))
+    for img in (implant, completed):
+        assert img.shape == case["defective"].shape == (48, 48, 40)
+        assert np.allclose(img.affine, AFFINE, atol=1e-6)
+    imp = np.asarray(implant.dataobj) > 0
+    comp = np.asarray(completed.dataobj) > 0
+    assert not (imp & case["defective"]).any()  # the implant only adds voxels
+    assert np.array_equal(comp, case["defective"] | imp)
+
+
+def test_failed_run_writes_nothing(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _defective_nifti(src / "a_good.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((5, 5), np.uint8), np.eye(4)), str(src / "b_flat.nii.gz"))  # not 3D
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+           "--bundle_root", str(BUNDLE), "--input", str(src), "--output_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode != 0
+    assert "must be a 3D skull mask" in proc.stderr + proc.stdout
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_default_input_runs_on_the_ct_head_skull(run_bundle, tmp_path):
+    from monai_fovea.apps.sparse_completion import default_input
+
+    src = default_input()
+    out = tmp_path / "out"
+    run_bundle("sparse_skull_completion", "inference.json", output_dir=out)
+    ref = nib.load(src)
+    implant = nib.load(str(out / (os.path.basename(src)[: -len(".nii.gz")] + "_implant.nii.gz")))
+    assert implant.shape == ref.shape == (256, 256, 108)
+    assert np.allclose(implant.affine, ref.affine)
+
+
+def test_multi_gpu_train_runs_ddp_with_gloo_on_cpu(tmp_path):
+    import torch
+
+    from monai_fovea.apps.sparse_completion import build_network
+
+    ckpt = tmp_path / "model.pt"
+    configs = [str(BUNDLE / "configs" / c) for c in ("train.json", "multi_gpu_train.json")]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", str(configs), "--bundle_root", str(BUNDLE), "--ckpt_path", str(ckpt), "--steps", "2",
+           "--crop_size", "[24,24,24]", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    net = build_network()
+    net.load_state_dict(torch.load(ckpt, weights_only=True))  # rank 0 saved the DDP-trained weights
+    assert list(tmp_path.iterdir()) == [ckpt]  # no temporary files left behind

@@ -3,7 +3,16 @@
 __all__: list[str] = []
 
 # --- foveation (one import line per network file) ---
+from .foveation_head import FoveationHead  # noqa: E402
+from .foveated_segmenter import FOVEATION_MODES, FoveatedSegmenter  # noqa: E402
+
+__all__ += ["FoveationHead", "FoveatedSegmenter", "FOVEATION_MODES"]
 
 # --- segment-then-segment (uses MONAI's own networks; nothing of its own yet) ---
 
 # --- sparse (these modules must import spconv lazily, inside functions/constructors) ---
+from .sparse_as_dense import SparseAsDense  # noqa: E402
+from .sparse_completion import SparseCompletionNet  # noqa: E402
+from .sparse_unet import SparseUNet  # noqa: E402
+
+__all__ += ["SparseUNet", "SparseCompletionNet", "SparseAsDense"]

@@ -7,7 +7,34 @@ import pytest
 import torch
 from scipy import ndimage
 
+from monai_fovea.transforms.foveation import functional as fov_functional
 from monai_fovea.transforms.foveation.functional import build_pyramid, multiscale_patches, pyramid_level
+
+PADDING_MODES = ["zeros", "constant", "border", "reflect", "symmetric"]
+
+
+def _use_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Force the sampling path of ``multiscale_patches`` (the automatic choice depends on the problem size):
+    ``general`` (interpolation), ``fast-pad`` (strided fast path for whole-number steps, levels always padded)
+    or ``fast-nopad`` (fast path, never pad: border patches fall back to the general path)."""
+    never = 2**62
+    monkeypatch.setattr(fov_functional, "_FAST_PATH_MIN_ELEMENTS", never if path == "general" else 0)
+    monkeypatch.setattr(fov_functional, "_PREP_COPY_FACTOR", never if path == "fast-pad" else 0)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # every test of this module runs on each sampling path, except those that compare the paths themselves
+    if not metafunc.function.__name__.startswith("test_fast_path"):
+        metafunc.parametrize("sampling_path", ["general", "fast-pad", "fast-nopad"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def sampling_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = getattr(request, "param", "auto")
+    if path != "auto":
+        _use_path(monkeypatch, path)
+    return path
+
 
 NP_PAD = {"zeros": "constant", "constant": "constant", "border": "edge", "reflect": "reflect", "symmetric": "symmetric"}
 
@@ -182,3 +209,68 @@ def test_bad_inputs_name_the_argument():
         multiscale_patches(img, torch.zeros(1, 2), [], 8)
     with pytest.raises(ValueError, match="img"):
         multiscale_patches(torch.zeros(16, 16), torch.zeros(1, 2), [8], 8)
+
+
+def _both_paths(monkeypatch: pytest.MonkeyPatch, *args, **kwargs) -> dict[str, torch.Tensor]:
+    out = {}
+    for path in ("general", "fast-pad", "fast-nopad"):
+        _use_path(monkeypatch, path)
+        out[path] = multiscale_patches(*args, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_fast_path_equals_general_path(monkeypatch, padding_mode, ndim, antialias, fractional):
+    """Whole-number steps (1, 2, 4 level pixels) take the strided fast path; it must give what the general
+    interpolation path gives, for centres inside, near and over the border, and one far outside (beyond the
+    padding cap), with every padding mode."""
+    rng = np.random.default_rng(7)
+    shape = (2, 24, 32) if ndim == 2 else (2, 12, 14, 16)
+    img = torch.as_tensor(rng.standard_normal(shape))
+    spatial = np.array(shape[1:])
+    inner = rng.integers(4, spatial - 4, (10, ndim))
+    edge = np.stack([np.zeros(ndim), spatial - 1, [1] + [s // 2 for s in spatial[1:]], [-3] * ndim,
+                     [-200] + [0] * (ndim - 1)])
+    centers = np.concatenate([inner, edge]).astype(np.float64)
+    if fractional:
+        centers += rng.uniform(0, 1, centers.shape)
+    o = 4
+    out = _both_paths(monkeypatch, img, centers, [o, 2 * o, 4 * o, 3 * o], o, padding_mode=padding_mode,
+                      value=-1.5, antialias=antialias)
+    for path in ("fast-pad", "fast-nopad"):
+        torch.testing.assert_close(out[path], out["general"], rtol=0, atol=1e-12, msg=path)
+        if not fractional:
+            # integer centres, FoV == output size: a plain crop on every path, bit for bit
+            assert torch.equal(out[path][:, 0], out["general"][:, 0])
+
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+def test_fast_path_equals_general_path_nearest_labels(monkeypatch, padding_mode):
+    rng = np.random.default_rng(8)
+    lab = torch.as_tensor(rng.integers(0, 5, (1, 20, 18)))
+    centers = np.concatenate([rng.integers(3, 15, (8, 2)), [[0, 0], [19, 17], [-2, 9]]]) + 0.25
+    out = _both_paths(monkeypatch, lab, centers, [6, 12], 6, padding_mode=padding_mode, value=255,
+                      antialias=False, mode="nearest")
+    assert out["general"].dtype == torch.int64
+    for path in ("fast-pad", "fast-nopad"):
+        assert torch.equal(out[path], out["general"]), path
+
+
+def test_fast_path_blends_a_shared_fraction_once(monkeypatch):
+    """Integer centres without the mip-map: steps 2 and 4 sample at half pixels, the same fraction for every
+    patch, so the fast path blends the level once (``_blend_level``) and gathers; still equal to the general
+    path, and the unit scale stays an exact crop."""
+    rng = np.random.default_rng(9)
+    img = torch.as_tensor(rng.standard_normal((3, 32, 40)), dtype=torch.float32)
+    centers = np.concatenate([rng.integers(8, 24, (12, 2)), [[0, 0], [31, 39]]])
+    calls = []
+    blend = fov_functional._blend_level
+    monkeypatch.setattr(fov_functional, "_blend_level", lambda *a, **k: calls.append(1) or blend(*a, **k))
+    out = _both_paths(monkeypatch, img, centers, [8, 16, 32], 8, antialias=False)
+    assert calls, "the shared-fraction blend was not exercised"
+    for path in ("fast-pad", "fast-nopad"):
+        torch.testing.assert_close(out[path], out["general"], rtol=0, atol=1e-6)
+        assert torch.equal(out[path][:, 0], out["general"][:, 0])

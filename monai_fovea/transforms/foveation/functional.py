@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +38,13 @@ __all__ = [
 PADDING_MODES = ("zeros", "constant", "border", "reflect", "symmetric")
 # working-set size per chunk of centres (about an L2 cache): larger chunks spill intermediates to memory
 _CHUNK_BYTES = 1 << 21
+# whole-number sampling steps are read through strided views (``_sample_integer_step``) when a scale has at least
+# this many output elements; below it the fast path's fixed per-call overhead outweighs its gain (measured on CPU).
+# Tests set it to 0 (always) or a huge number (never) to compare the two paths.
+_FAST_PATH_MIN_ELEMENTS = 1 << 18
+# the fast path copies (pads or converts) a level only when the copy has at most this many elements per output
+# element it serves: the general path costs several copies per output element
+_PREP_COPY_FACTOR = 4
 
 
 def as_size_tuple(size: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -319,6 +327,279 @@ def _sample_unit_step(
                 dst.addcmul_(win[sl], wb)
 
 
+def _chunk_size(c: int, osize: Sequence[int], element_size: int) -> int:
+    """Centres per chunk so that one chunk's intermediates (``[n, C, *(o + 1)]``) stay in cache."""
+    per_patch = c * int(np.prod([o + 1 for o in osize])) * element_size
+    return max(1, int(_CHUNK_BYTES // per_patch))
+
+
+def _sample_general(
+    level_img: torch.Tensor,
+    centers: torch.Tensor,
+    patch_size: Sequence[int],
+    osize: Sequence[int],
+    level: int,
+    mode: str,
+    padding_mode: str,
+    value: float,
+    out: torch.Tensor,
+) -> None:
+    """One scale ``[N, C, *o]`` of every centre by (multi)linear or nearest sampling: any step, any padding."""
+    n = centers.shape[0]
+    # centres in chunks whose intermediates stay in cache (a loop over chunks, never over single patches)
+    chunk = _chunk_size(level_img.shape[0], osize, out.element_size())
+    unit_step = mode == "bilinear" and all(s == o * 2**level for s, o in zip(patch_size, osize))
+    for i in range(0, n, chunk):
+        coords = patch_sample_coords(centers[i : i + chunk], patch_size, osize, level)
+        if unit_step:
+            first = torch.stack([x[:, 0] for x in coords], dim=1)
+            _sample_unit_step(level_img, first, osize, padding_mode, value, out[i : i + chunk])
+        else:
+            _sample_scale(level_img, coords, padding_mode, value, mode, out[i : i + chunk])
+
+
+def _integer_steps(patch_size: Sequence[int], osize: Sequence[int], level: int) -> tuple[int, ...] | None:
+    """The sampling step per axis in pixels of ``level`` when it is a whole number on every axis, else ``None``."""
+    f = 2**level
+    if any(s % (o * f) for s, o in zip(patch_size, osize)):
+        return None
+    return tuple(s // (o * f) for s, o in zip(patch_size, osize))
+
+
+class _IntegerStepPlan(NamedTuple):
+    """Where the patches of one whole-number-step scale read their level (see ``_sample_integer_step``)."""
+
+    steps: tuple[int, ...]  # sampling step per axis, in level pixels
+    lo: torch.Tensor  # [N, ndim] int64 level pixel of each patch's first (multi)linear corner
+    frac: torch.Tensor  # [N, ndim] float64 sub-pixel fraction, the same for every sample of a patch
+    taps: tuple[int, ...]  # 1 or 2 (multi)linear taps per axis
+    extent: tuple[int, ...]  # last pixel read, relative to ``lo``, per axis
+
+
+def _plan_integer_step(
+    first: torch.Tensor, steps: tuple[int, ...], osize: Sequence[int], mode: str
+) -> _IntegerStepPlan:
+    """Split each patch's first sample position ``first [N, ndim]`` into integer pixel and fraction."""
+    if mode == "nearest":
+        # round half up, as the general path does: floor(x + j * k + 0.5) == floor(x + 0.5) + j * k
+        lo = torch.floor(first + 0.5)
+        frac = torch.zeros_like(first)
+    else:
+        lo = torch.floor(first)
+        frac = first - lo
+    # a second (multi)linear tap only along axes where some patch has a sub-pixel fraction
+    taps = tuple(2 if bool((frac[:, a] != 0).any()) else 1 for a in range(first.shape[1]))
+    extent = tuple((o - 1) * k + t - 1 for o, k, t in zip(osize, steps, taps))
+    return _IntegerStepPlan(steps, lo.to(torch.int64), frac, taps, extent)
+
+
+def _pad_level(
+    level_img: torch.Tensor,
+    before: Sequence[int],
+    after: Sequence[int],
+    padding_mode: str,
+    value: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Contiguous ``level_img [C, *S]`` (as ``dtype``) padded by ``before``/``after`` pixels per axis, with the
+    values the general path reads outside the image (``map_padded_index``; ``zeros``/``constant``: 0/``value``)."""
+    spatial = level_img.shape[1:]
+    ndim = len(spatial)
+    padded = level_img.new_empty(
+        (level_img.shape[0], *[b + s + e for b, s, e in zip(before, spatial, after)]), dtype=dtype
+    )
+    centre = [slice(b, b + s) for b, s in zip(before, spatial)]
+    # the bulk is one contiguous copy; then the margins, axis by axis, from what is already in place: axes done
+    # before ``a`` are read over their padded extent (corners included), later axes over the image only
+    padded[(slice(None), *centre)].copy_(level_img)
+    for a in range(ndim):
+        b, s, e = before[a], spatial[a], after[a]
+        region = [slice(None)] * a + [slice(None)] + centre[a + 1 :]
+        for start, length, first in ((0, b, -b), (b + s, e, s)):
+            if length == 0:
+                continue
+            src_idx = torch.arange(first, first + length, device=level_img.device)
+            idx, inside = map_padded_index(src_idx, s, padding_mode)
+            dst_sl = list(region)
+            dst_sl[a] = slice(start, start + length)
+            dst = padded[(slice(None), *dst_sl)]
+            if inside is not None:
+                dst.fill_(value if padding_mode == "constant" else 0.0)
+            else:
+                dst.copy_(padded[(slice(None), *region)].index_select(1 + a, idx + b))
+    return padded
+
+
+def _prepare_level(
+    level_img: torch.Tensor,
+    plans: Sequence[_IntegerStepPlan],
+    osize: Sequence[int],
+    dtype: torch.dtype,
+    padding_mode: str,
+    value: float,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The contiguous level (in ``dtype``) that ``_sample_integer_step`` reads for ``plans``, and the offset
+    ``[ndim]`` of the image's pixel 0 in it; ``None`` when preparing it would cost more than it saves.
+
+    Padding it (by what its patches need, with ``padding_mode``) makes the patches near or over the border plain
+    strided reads too, but copies the whole level: it is done only when that copy is small next to the border
+    patches it serves (the general path costs several copies per output pixel). Likewise a level that must be
+    converted first (dtype, layout) is used only if the copy is small next to all the patches. The margin is
+    capped by the largest patch extent, so a centre far outside the image cannot blow up memory (such patches
+    take the general path).
+    """
+    c, *spatial = level_img.shape
+    ndim = len(spatial)
+    per_patch = c * int(np.prod(osize))
+    size = torch.tensor(spatial, device=level_img.device)
+    border_work = 0
+    before, after = [], []
+    for p in plans:
+        extent = torch.tensor(p.extent, device=level_img.device)
+        outside = ((p.lo < 0) | (p.lo + extent >= size)).any(dim=1)
+        border_work += int(outside.sum()) * per_patch
+    for a in range(ndim):
+        cap = max(p.extent[a] for p in plans) + 1
+        need_b = max(int(-p.lo[:, a].min()) for p in plans)
+        need_e = max(int((p.lo[:, a] + p.extent[a]).max()) - (spatial[a] - 1) for p in plans)
+        before.append(min(max(need_b, 0), cap))
+        after.append(min(max(need_e, 0), cap))
+    padded_numel = c * int(np.prod([b + s + e for b, s, e in zip(before, spatial, after)]))
+    if border_work > 0 and padded_numel <= _PREP_COPY_FACTOR * border_work:
+        offset = torch.tensor(before, device=size.device)
+        return _pad_level(level_img, before, after, padding_mode, value, dtype), offset
+    no_offset = torch.zeros(ndim, dtype=torch.int64, device=size.device)
+    if level_img.dtype == dtype and level_img.is_contiguous():
+        return level_img, no_offset
+    work = len(plans) * plans[0].lo.shape[0] * per_patch
+    if level_img.numel() <= _PREP_COPY_FACTOR * work:
+        return level_img.to(dtype).contiguous(), no_offset
+    return None
+
+
+def _blend_level(
+    level_img: torch.Tensor, corners: Sequence[tuple[int, ...]], weights: Sequence[float], taps: Sequence[int]
+) -> torch.Tensor:
+    """``level_img`` with pixel ``i`` replaced by the weighted sum of its (multi)linear ``corners``
+    (``i + corner``), accumulated in the same order and dtype as the per-patch blending: the same results.
+
+    The last ``taps - 1`` pixels per axis have no full set of corners and are left uninitialised: the fast path
+    reads only patches that lie inside the level, which never reach them.
+    """
+    c, *spatial = level_img.shape
+    valid = [s - (t - 1) for s, t in zip(spatial, taps)]
+    out = torch.empty_like(level_img)
+    wts = [torch.tensor(w, dtype=level_img.dtype, device=level_img.device) for w in weights]
+    # blocks of the first axis, so that the 2**ndim passes over a block run in cache
+    row_bytes = c * int(np.prod(spatial[1:])) * level_img.element_size()
+    block = max(1, int(_CHUNK_BYTES // row_bytes))
+    for r0 in range(0, valid[0], block):
+        r1 = min(r0 + block, valid[0])
+        dst = out[(slice(None), slice(r0, r1), *[slice(0, v) for v in valid[1:]])]
+        for k, (corner, wt) in enumerate(zip(corners, wts)):
+            rows = slice(r0 + corner[0], r1 + corner[0])
+            src = level_img[(slice(None), rows, *[slice(q, q + v) for q, v in zip(corner[1:], valid[1:])])]
+            if k == 0:
+                torch.mul(src, wt, out=dst)
+            else:
+                dst.addcmul_(src, wt)
+    return out
+
+
+def _sample_integer_step(
+    level_img: torch.Tensor,
+    plan: _IntegerStepPlan,
+    out: torch.Tensor,
+    blended: dict[tuple[float, ...], torch.Tensor],
+) -> torch.Tensor:
+    """Fast path for a whole-number sampling step ``k`` on every axis (e.g. power-of-two fields of view).
+
+    Then patch ``n`` samples ``lo[n] + frac[n] + j * k``: its integer part is a lattice that one strided view of
+    the level holds for every start pixel at once (``as_strided``: row ``p`` is the patch starting at flat pixel
+    ``p``), so the patches of one (multi)linear corner are one ``index_select`` of rows of that view — a
+    memory-bound copy, with no per-pixel index tensor and no scattered reads. The fraction is the same for every
+    sample of a patch, so each corner has one weight per patch. Integer positions (and ``nearest``) need one
+    corner: a plain, bit-identical crop.
+
+    Only patches that lie inside ``level_img`` are written (the caller pads the level when that pays off); the
+    others are left for the general path and returned (all of them, unwritten, when they are the majority).
+
+    Args:
+        level_img: contiguous ``[C, *S]`` in the dtype of ``out``; ``plan.lo`` is in its pixels.
+        plan: from ``_plan_integer_step``.
+        out: ``[N, C, *o]`` destination.
+        blended: cache of ``level_img`` blended for one sub-pixel fraction (see ``_blend_level``), keyed by the
+            fraction, shared by the scales that read this level.
+
+    Returns:
+        int64 indices of the patches left to the general path (not written).
+    """
+    c, *spatial = level_img.shape
+    ndim = len(spatial)
+    lo, frac, taps, steps = plan.lo, plan.frac, plan.taps, plan.steps
+    n = lo.shape[0]
+    osize = out.shape[2:]
+    dtype = out.dtype
+    extent = torch.tensor(plan.extent, device=lo.device)
+    size = torch.tensor(spatial, device=lo.device)
+    inside = ((lo >= 0) & (lo + extent < size)).all(dim=1)
+    border = (~inside).nonzero().squeeze(1)
+    n_inside = n - border.numel()
+    if 2 * n_inside < n:
+        # mostly border patches: one general pass over all is cheaper than both paths and the merge
+        return torch.arange(n, device=lo.device)
+    pix_strides = [int(np.prod(spatial[a + 1 :])) for a in range(ndim)]
+    numel = int(np.prod(spatial))
+    span = sum((o - 1) * k * st for o, k, st in zip(osize, steps, pix_strides))
+    # every start p in [0, numel - span) keeps a patch's samples inside its channel; channel c starts at c * numel
+    windows = level_img.as_strided(
+        (numel - span, c, *osize), (1, numel, *[k * st for k, st in zip(steps, pix_strides)])
+    )
+    # patches outside get any valid start (0): the caller overwrites them
+    lo = torch.where(inside[:, None], lo, torch.zeros_like(lo))
+    start = (lo * torch.tensor(pix_strides, device=lo.device)).sum(dim=1)
+    corners = list(np.ndindex(*taps))
+    if len(corners) == 1:
+        torch.index_select(windows, 0, start, out=out)
+        return border
+    # per-patch corner weights, multiplied in the same order and dtype as the general path's per-pixel weights
+    weights = []
+    for corner in corners:
+        w = None
+        for a, k in enumerate(corner):
+            if taps[a] == 2:
+                wa = (frac[:, a] if k == 1 else 1.0 - frac[:, a]).to(dtype)
+                w = wa if w is None else w * wa
+        assert w is not None
+        weights.append(w.reshape(n, *([1] * (ndim + 1))))
+    offsets = [sum(k * st for k, st in zip(corner, pix_strides)) for corner in corners]
+    if bool((frac == frac[:1]).all()):
+        # one fraction for every patch (e.g. integer centres with a step that is not one level pixel): blend the
+        # corners over the whole level once (shared by the scales with this fraction), then one gather per patch —
+        # worth it when the level has fewer pixels than the corner reads it saves
+        key = tuple(frac[0].tolist())
+        if key not in blended and int(np.prod(spatial)) <= (len(corners) - 1) * n_inside * int(np.prod(osize)):
+            blended[key] = _blend_level(level_img, corners, [float(w.reshape(-1)[0]) for w in weights], taps)
+        if key in blended:
+            pre = blended[key].as_strided(windows.shape, windows.stride())
+            torch.index_select(pre, 0, start, out=out)
+            return border
+    # chunks of centres so that the destination and the gathered corner stay in cache between the passes
+    chunk = _chunk_size(c, osize, out.element_size())
+    buf = torch.empty((min(chunk, n), c, *osize), dtype=dtype, device=out.device)
+    for i in range(0, n, chunk):
+        dst = out[i : i + chunk]
+        tmp = buf[: dst.shape[0]]
+        for k_corner, (off, w) in enumerate(zip(offsets, weights)):
+            if k_corner == 0:
+                torch.index_select(windows, 0, start[i : i + chunk] + off, out=dst)
+                dst.mul_(w[i : i + chunk])
+            else:
+                torch.index_select(windows, 0, start[i : i + chunk] + off, out=tmp)
+                dst.addcmul_(tmp, w[i : i + chunk])
+    return border
+
+
 def multiscale_patches(
     img: torch.Tensor | np.ndarray,
     centers: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
@@ -333,7 +614,9 @@ def multiscale_patches(
     """D concentric patches per centre, each of field of view ``patch_sizes[d]`` resampled to ``output_size``.
 
     Vectorised over all N centres (one gather per interpolation corner and scale, no loop over patches), 2D and
-    3D, on the device of ``img``.
+    3D, on the device of ``img``. Scales whose sampling step is a whole number of pixels on their level (e.g.
+    power-of-two fields of view) are read as strided crops of the (padded) level, a memory-bound copy; the others
+    are interpolated. Both give the same values.
 
     Args:
         img: channel-first image ``[C, H, W]`` or ``[C, D, H, W]`` (numpy or torch, any device).
@@ -397,17 +680,39 @@ def multiscale_patches(
         if img_t.dtype != out_dtype:
             img_t = img_t.to(out_dtype)
         pyramid = build_pyramid(img_t, max(levels) + 1) if max(levels) > 0 else [img_t]
-    # centres in chunks whose intermediates stay in cache (a loop over chunks, never over single patches)
-    per_patch = img_t.shape[0] * int(np.prod([o + 1 for o in osize])) * out.element_size()
-    chunk = max(1, int(_CHUNK_BYTES // per_patch))
+    plans: dict[int, _IntegerStepPlan] = {}
+    if n * img_t.shape[0] * int(np.prod(osize)) >= _FAST_PATH_MIN_ELEMENTS:
+        for d, ps in enumerate(sizes):
+            lvl = min(levels[d], len(pyramid) - 1)
+            steps = _integer_steps(ps, osize, lvl)
+            if steps is not None:
+                first = torch.stack([x[:, 0] for x in patch_sample_coords(ctr, ps, osize, lvl)], dim=1)
+                plans[d] = _plan_integer_step(first, steps, osize, mode)
+    # each level read by the fast path is prepared once (padded, or used as it is) and shared by its scales
+    prepared: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
+    blended: dict[int, dict[tuple[float, ...], torch.Tensor]] = {}
+    for lvl in sorted({min(levels[d], len(pyramid) - 1) for d in plans}):
+        level_plans = [p for d, p in plans.items() if min(levels[d], len(pyramid) - 1) == lvl]
+        prepared[lvl] = _prepare_level(pyramid[lvl], level_plans, osize, out_dtype, padding_mode, float(value))
+        if prepared[lvl] is None:
+            for d in [d for d in plans if min(levels[d], len(pyramid) - 1) == lvl]:
+                del plans[d]
     for d, ps in enumerate(sizes):
         lvl = min(levels[d], len(pyramid) - 1)
-        unit_step = mode == "bilinear" and all(s == o * 2**lvl for s, o in zip(ps, osize))
-        for i in range(0, n, chunk):
-            coords = patch_sample_coords(ctr[i : i + chunk], ps, osize, lvl)
-            if unit_step:
-                first = torch.stack([x[:, 0] for x in coords], dim=1)
-                _sample_unit_step(pyramid[lvl], first, osize, padding_mode, float(value), out[i : i + chunk, d])
-            else:
-                _sample_scale(pyramid[lvl], coords, padding_mode, float(value), mode, out[i : i + chunk, d])
+        if d not in plans:
+            _sample_general(pyramid[lvl], ctr, ps, osize, lvl, mode, padding_mode, float(value), out[:, d])
+            continue
+        lev_offset = prepared[lvl]
+        assert lev_offset is not None
+        lev, offset = lev_offset
+        plan = plans[d]
+        cache = blended.setdefault(lvl, {})
+        border = _sample_integer_step(lev, plan._replace(lo=plan.lo + offset), out[:, d], cache)
+        if border.numel() == n:
+            _sample_general(pyramid[lvl], ctr, ps, osize, lvl, mode, padding_mode, float(value), out[:, d])
+        elif border.numel() > 0:
+            # patches that reach outside the prepared level: the general path
+            part = torch.empty((border.numel(), *out.shape[2:]), dtype=out_dtype, device=device)
+            _sample_general(pyramid[lvl], ctr[border], ps, osize, lvl, mode, padding_mode, float(value), part)
+            out[:, d].index_copy_(0, border, part)
     return out

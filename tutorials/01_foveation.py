@@ -235,10 +235,10 @@ def save_result_figure(item: dict, probs: torch.Tensor, apsm: torch.Tensor, path
 #   blob's centre and has to guess between the two classes;
 # * the fine textures are learned later. The head cannot see the fine squares in its low-resolution view (they
 #   average to the background), so it can only learn "narrow FoV away from blobs". After the 250 quick steps the
-#   foveated model usually has none of them yet. In one default run on a CPU (1500 steps) it reached IoU
-#   0.90 / 0.82 on checker / stripes (the 16 px baseline 0.99 / 0.94) and 0.78 / 0.41 on the two blob classes
-#   (baseline 0.26 / 0.49), a mean object IoU of 0.73 against 0.67. These tiny runs vary with the seed; Jin et al.
-#   train for far longer on real slides.
+#   foveated model has few of them yet. In one default run on a CPU (1500 steps) it reached IoU 0.87 / 0.93 on
+#   checker / stripes (the 16 px baseline 0.98 / 0.85) and 0.53 / 0.39 on the bright / dark ring blobs (baseline
+#   0.29 / 0.42), a mean object IoU of 0.68 against 0.64. Such tiny runs vary with the seed; Jin et al. train for
+#   far longer on real slides.
 
 
 # %%

@@ -56,7 +56,7 @@ def run_bundle():
         # MONAI takes several config files as a Python-style list string, not comma-separated.
         config_arg = files[0] if len(files) == 1 else repr(files)
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
-        cmd += ["--bundle_root", str(BUNDLES / name)]
+        # no --bundle_root: the configs resolve their own folder, exactly as when a user runs the README command
         for key, value in overrides.items():
             cmd += [f"--{key}", str(value)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -30,7 +30,7 @@ def run_bundle_inference(name: str, output_dir: Path, device: str, bundles_dir: 
     """Run one bundle's inference.json in a subprocess; returns its exit code."""
     bundle = bundles_dir / name
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
-           "--bundle_root", str(bundle), "--output_dir", str(output_dir), "--device", device]
+           "--output_dir", str(output_dir), "--device", device]
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd, cwd=REPO_ROOT)
 

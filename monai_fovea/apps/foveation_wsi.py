@@ -27,15 +27,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from monai.data import DataLoader, Dataset
-from monai.metrics import compute_iou
 from monai.networks.nets import BasicUNet
-from monai.networks.utils import one_hot
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from monai_fovea.data.io import list_inputs, write_png, write_pyramidal_tiff
 from monai_fovea.data.wsi import WSI_SUFFIXES, PyramidSlide
 from monai_fovea.inferers.wsi_foveated import WSIFoveatedInferer
+from monai_fovea.metrics import iou_per_class
 from monai_fovea.networks import FoveatedSegmenter
 
 __all__ = [
@@ -268,13 +267,6 @@ def train(
     return result
 
 
-def _iou_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> list[float]:
-    """Dataset-level IoU per class (Σ∩ / Σ∪ over the pixels) with MONAI's ``compute_iou``."""
-    p = one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], num_classes)
-    t = one_hot(torch.from_numpy(target.astype(np.int64))[None, None], num_classes)
-    return [float(v) for v in compute_iou(p, t, include_background=True, ignore_empty=False)[0]]
-
-
 def evaluate(
     slide: str | os.PathLike,
     network: FoveatedSegmenter,
@@ -302,7 +294,7 @@ def evaluate(
     with tifffile.TiffFile(paths["label"]) as tif:
         pred = tif.pages[0].asarray()[r0:r1]
     target = test["label"].numpy()
-    iou = _iou_per_class(pred, target, len(CLASS_NAMES))
+    iou = iou_per_class(pred[None], target[None], len(CLASS_NAMES)).tolist()  # dataset-level Σ∩/Σ∪
     result = {
         "iou": dict(zip(CLASS_NAMES, iou)),
         "mean_iou": float(np.mean(iou)),

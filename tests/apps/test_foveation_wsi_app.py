@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_fovea.apps.foveation_wsi import DenseFoveated, _iou_per_class, build_network, stain_rule_labels, train
+from monai_fovea.apps.foveation_wsi import DenseFoveated, build_network, stain_rule_labels, train
+from monai_fovea.metrics import iou_per_class
 from monai_fovea.data.io import write_pyramidal_tiff
 
 GLASS, EOSIN, HAEM = (242, 242, 242), (232, 150, 205), (75, 40, 125)
@@ -37,11 +38,12 @@ def test_stain_rule_labels_glass_tissue_nuclei():
         stain_rule_labels(img[..., 0])
 
 
-def test_iou_per_class_hand_computed():
+def test_evaluation_iou_per_class_hand_computed():
     pred = np.array([[0, 1], [1, 2]])
     target = np.array([[0, 1], [2, 2]])
     # class 0: 1/1; class 1: |{(0,1)}| / |{(0,1),(1,0)}| = 1/2; class 2: |{(1,1)}| / |{(1,0),(1,1)}| = 1/2
-    assert _iou_per_class(pred, target, 3) == pytest.approx([1.0, 0.5, 0.5])
+    # evaluate() scores one slide as a one-image dataset
+    assert iou_per_class(pred[None], target[None], 3).tolist() == pytest.approx([1.0, 0.5, 0.5])
 
 
 def test_dense_wrapper_gives_probabilities():

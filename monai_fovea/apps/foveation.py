@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from monai_fovea.data.io import save_state_dict
 from monai_fovea.inferers.foveated import FoveatedInferer
 from monai_fovea.metrics import DatasetIoU
 from monai_fovea.networks.foveated_segmenter import FoveatedSegmenter
@@ -222,9 +223,9 @@ def train_foveation(
             if best is None or (not math.isnan(res["mean_iou"]) and res["mean_iou"] > best):
                 history["best_mean_iou"] = res["mean_iou"]
                 if out_dir is not None:
-                    torch.save(model.state_dict(), out_dir / "model_best.pt")
+                    save_state_dict(model, out_dir / "model_best.pt")
     if out_dir is not None and rank == 0:
-        torch.save(model.state_dict(), out_dir / "model.pt")
+        save_state_dict(model, out_dir / "model.pt")
     if writer is not None:
         writer.close()
     return history

@@ -31,7 +31,7 @@ from monai.networks.nets import BasicUNet
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from monai_fovea.data.io import list_inputs, write_png, write_pyramidal_tiff
+from monai_fovea.data.io import list_inputs, save_state_dict, write_png, write_pyramidal_tiff
 from monai_fovea.data.wsi import WSI_SUFFIXES, PyramidSlide
 from monai_fovea.inferers.wsi_foveated import WSIFoveatedInferer
 from monai_fovea.metrics import iou_per_class
@@ -252,13 +252,7 @@ def train(
             break
     result = {"loss": epoch_loss, "steps": steps, "seconds": round(time.time() - t0, 1), "output": str(output), "world_size": world}
     if rank == 0:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".pt", delete=False) as tmp:
-            torch.save(state, tmp.name)
-        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600
-        os.replace(tmp.name, out)
+        save_state_dict(net, output)
     if writer is not None:
         writer.close()
     if distributed:

@@ -37,6 +37,7 @@ from monai.transforms import (
 from tqdm.auto import tqdm
 
 from monai_fovea.inferers.segment_then_segment import SegmentThenSegmentInferer
+from monai_fovea.data.io import save_state_dict
 from monai_fovea.metrics import segmentation_scores
 from monai_fovea.transforms.boxes import RandComponentCropd
 
@@ -207,7 +208,7 @@ def train_net(
         history["val_dice"].append(score)
         if score > best and rank == 0:
             best = score
-            torch.save(_unwrap(model).state_dict(), checkpoint)
+            save_state_dict(model, checkpoint)
     if distributed:
         dist.barrier()  # rank 0 has written the best checkpoint
     _unwrap(model).load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from monai_fovea.data.io import save_state_dict
+
 __all__ = [
     "BUNDLE_CHANNELS",
     "EVAL_SEEDS",
@@ -258,10 +260,7 @@ def train(output_path: str | os.PathLike, steps: int = 600, lr: float = 1e-3, ch
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
             logger.info("step %d/%d: mean loss %.4f", step + 1, steps, sum(recent) / len(recent))
     if rank == 0:
-        from monai_fovea.data.io import atomic_output
-
-        with atomic_output(output_path) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        save_state_dict(model, output_path)
     if distributed:
         import torch.distributed as dist
 
@@ -358,7 +357,6 @@ def train_superres(output_path: str | os.PathLike, steps: int = 400, lr: float =
 
     Input: edge shell of :func:`superres_input`; target: the full-resolution mask (all its voxels). Same network
     and multi-level loss as the completion task. Saves the ``build_network`` state dict to ``output_path``."""
-    from monai_fovea.data.io import atomic_output
     from monai_fovea.networks.sparse_blocks import dense_to_spconv
 
     torch.manual_seed(seed)
@@ -377,8 +375,7 @@ def train_superres(output_path: str | os.PathLike, steps: int = 400, lr: float =
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    with atomic_output(output_path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    save_state_dict(model, output_path)
     return {"losses": losses, "output_path": str(output_path)}
 
 

@@ -31,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["list_inputs", "atomic_output", "write_nifti", "write_pyramidal_tiff", "write_png", "pyramid_level_shapes"]
+__all__ = [
+    "list_inputs", "atomic_output", "write_nifti", "write_pyramidal_tiff", "write_png", "pyramid_level_shapes",
+    "save_state_dict",
+]
 
 PathLike = str | os.PathLike
 
@@ -356,3 +359,22 @@ def write_png(array: Any, path: PathLike) -> Path:
     with atomic_output(target) as tmp:
         img.save(tmp, format="PNG", compress_level=6)
     return target
+
+
+def save_state_dict(module: Any, path: PathLike) -> Path:
+    """Save ``module``'s weights as a plain state dict (CPU tensors, DDP wrapper removed), atomically.
+
+    This is the format of the bundles' ``models/model.pt`` (read with ``torch.load(..., weights_only=True)``); writing
+    through :func:`atomic_output` means a run killed mid-save keeps the previous checkpoint intact.
+
+    Example:
+        >>> save_state_dict(torch.nn.Linear(2, 1), "models/model.pt")  # doctest: +SKIP
+    """
+    import torch  # torch is only needed here; the rest of this module writes images
+
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module.module
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path).expanduser()

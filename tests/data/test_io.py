@@ -287,3 +287,37 @@ def test_write_png_bool_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="must be uint8"):
         io.write_png(np.zeros((4, 4, 3), np.float32), tmp_path / "f.png")
     assert [p.name for p in tmp_path.iterdir()] == ["m.png"]
+
+
+def test_save_state_dict_round_trips_a_plain_cpu_state_dict(tmp_path):
+    import torch
+
+    from monai_fovea.data.io import save_state_dict
+
+    net = torch.nn.Conv2d(2, 3, 3)
+    out = save_state_dict(net, tmp_path / "models" / "model.pt")
+    loaded = torch.load(out, map_location="cpu", weights_only=True)
+    assert list(loaded) == ["weight", "bias"]
+    for key, value in net.state_dict().items():
+        assert loaded[key].device.type == "cpu"
+        assert torch.equal(loaded[key], value)
+    assert [p.name for p in out.parent.iterdir()] == ["model.pt"]  # no temporary file left behind
+
+
+def test_save_state_dict_interrupted_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from monai_fovea.data.io import save_state_dict
+
+    path = save_state_dict(torch.nn.Linear(2, 1), tmp_path / "model.pt")
+    before = path.read_bytes()
+
+    def killed_mid_write(obj, f):  # writes part of a checkpoint, then dies as a killed run would
+        open(f, "wb").write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_state_dict(torch.nn.Linear(2, 1), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

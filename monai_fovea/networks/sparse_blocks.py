@@ -14,7 +14,7 @@ from torch import nn
 from monai_fovea.data.sparse_volume import linear_index
 from monai_fovea.networks._spconv import require_spconv
 
-__all__ = ["VoxelBatchNorm", "sparse_conv_bn_relu", "sparse_union", "select_voxels", "with_spatial_shape", "dense_to_spconv",
+__all__ = ["VoxelBatchNorm", "sparse_conv_bn_relu", "algorithm_for_device", "sparse_union", "select_voxels", "with_spatial_shape", "dense_to_spconv",
            "spconv_to_dense", "round_up_shape"]
 
 _CONV_KIND = {"subm": "SubMConv{}d", "down": "SparseConv{}d", "inverse": "SparseInverseConv{}d",
@@ -44,7 +44,23 @@ def sparse_conv_bn_relu(spatial_dims: int, kind: str, in_channels: int, out_chan
         conv = conv_cls(in_channels, out_channels, kernel_size, **kwargs)
     else:
         conv = conv_cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding, **kwargs)
+    conv.register_forward_pre_hook(algorithm_for_device)
     return spconv.SparseSequential(conv, VoxelBatchNorm(out_channels), nn.ReLU())
+
+
+def algorithm_for_device(conv: nn.Module, args: tuple) -> None:
+    """Pick spconv's algorithm from where the input lives, at every call.
+
+    spconv's CUDA builds default to implicit GEMM, which has no CPU kernels ("implicit gemm only support cuda"), so
+    a model built on a GPU machine could not run ``.cpu()``; its CPU build only has the native algorithm. Choosing
+    per call lets one model train on a GPU and infer on a CPU (and back). All convs of a network see the same
+    device, so layers that share index pairs (``indice_key``) always agree on the algorithm, as spconv requires.
+    """
+    from spconv.core import ConvAlgo
+
+    if not hasattr(conv, "_gpu_algo"):
+        conv._gpu_algo = conv.algo  # what spconv chose for this build at construction
+    conv.algo = conv._gpu_algo if args[0].features.is_cuda else ConvAlgo.Native
 
 
 def with_spatial_shape(x: Any, spatial_shape: Sequence[int], keep: torch.Tensor | None = None) -> Any:

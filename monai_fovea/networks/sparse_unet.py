@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from monai_fovea.networks._spconv import require_spconv
-from monai_fovea.networks.sparse_blocks import round_up_shape, sparse_conv_bn_relu, with_spatial_shape
+from monai_fovea.networks.sparse_blocks import algorithm_for_device, round_up_shape, sparse_conv_bn_relu, with_spatial_shape
 
 __all__ = ["SparseUNet"]
 
@@ -78,6 +78,7 @@ class SparseUNet(nn.Module):
             self.dec.append(level(2 * channels[i], channels[i], f"subm{i}"))
         subm = getattr(spconv, f"SubMConv{spatial_dims}d")
         self.head = subm(channels[0], out_channels, 1, bias=True, indice_key="head")
+        self.head.register_forward_pre_hook(algorithm_for_device)
 
     def forward(self, x: Any) -> Any:
         in_shape = [int(s) for s in x.spatial_shape]

@@ -77,3 +77,22 @@ def test_bad_arguments_are_named():
         SparseUNet(3, 1, 1, channels=(4, 8), strides=(2, 2))
     with pytest.raises(ValueError, match="spatial_dims"):
         SparseUNet(4, 1, 1)
+
+
+def test_convs_use_the_native_algorithm_for_cpu_inputs_whatever_was_chosen_at_construction():
+    # spconv's CUDA builds construct convs with implicit GEMM, which has no CPU kernels; the pre-forward hook must
+    # switch every conv (including the 1x1 head) to the native algorithm for a CPU input, or .cpu() inference fails
+    from spconv.core import ConvAlgo
+
+    torch.manual_seed(0)
+    x = dense_to_spconv(_volume())
+    net = SparseUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2)).eval()
+    expected = net(x).features
+    convs = [m for m in net.modules() if hasattr(m, "algo")]
+    assert len(convs) == 2 * 1 + 2 * (1 + 1 + 2 + 2) + 1  # stem, (down, up, enc x2, dec x2) per level, head
+    for conv in convs:  # what a CUDA build would have chosen
+        conv.algo = ConvAlgo.MaskImplicitGemm
+        conv._gpu_algo = ConvAlgo.MaskImplicitGemm
+    out = net(x).features
+    assert torch.equal(out, expected)
+    assert all(conv.algo == ConvAlgo.Native for conv in convs)

@@ -112,16 +112,18 @@ def worker(kind: str, scale: int, device: str) -> dict:
         net = SparseUNet(3, 1, 2, channels=CHANNELS, strides=STRIDES).to(device)
         inp = dense_to_spconv(x.to(device))
         idx = inp.indices.long()
-        target = label[idx[:, 0], 0, idx[:, 1], idx[:, 2], idx[:, 3]].to(device)
+        target = label.to(device)[idx[:, 0], 0, idx[:, 1], idx[:, 2], idx[:, 3]]
 
         def step():
             out = net(inp)
             return torch.nn.functional.cross_entropy(out.features, target)
     else:
-        if kind == "monai_unet":
+        if kind.startswith("monai_unet"):
             from monai.networks.nets import UNet
 
-            net = UNet(3, 1, 2, channels=CHANNELS, strides=STRIDES, num_res_units=0).to(device)
+            # monai_unet_full: first stride 1, so like SparseUNet it keeps an 8-channel full-resolution level
+            strides = (1,) + STRIDES[1:] if kind == "monai_unet_full" else STRIDES
+            net = UNet(3, 1, 2, channels=CHANNELS, strides=strides, num_res_units=0).to(device)
         else:
             net = DenseTwin().to(device)
         xd, ld = x.to(device), label[:, 0].to(device)
@@ -136,14 +138,23 @@ def worker(kind: str, scale: int, device: str) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
+    def train_step():
+        loss = step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    repeats = 1
+    if device.startswith("cuda"):  # a warm-up step (kernel selection, allocator), then the mean of 5 steps
+        train_step()
+        torch.cuda.synchronize()
+        repeats = 5
     t0 = time.perf_counter()
-    loss = step()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+    for _ in range(repeats):
+        train_step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = (time.perf_counter() - t0) / repeats
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"kind": kind, "scale": scale, "grid_voxels": int(xd.numel()) if kind != "sparse" else int(inp.spatial_shape[0] * inp.spatial_shape[1] * inp.spatial_shape[2]),
               "active_voxels": active, "peak_rss_mb": peak, "step_increase_mb": peak - before, "seconds": seconds}
@@ -169,8 +180,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dense-limit-gb", type=float, default=20.0)
     p.add_argument("--scales", default="1,2")
-    p.add_argument("--kinds", default="sparse,dense_twin,monai_unet")
-    p.add_argument("--worker", choices=["sparse", "dense_twin", "monai_unet"])
+    p.add_argument("--kinds", default="sparse,dense_twin,monai_unet,monai_unet_full")
+    p.add_argument("--worker", choices=["sparse", "dense_twin", "monai_unet", "monai_unet_full"])
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--limit-gb", type=float)
     args = p.parse_args()
@@ -190,22 +201,23 @@ def main() -> None:
         if "failed" in r:
             print(f"{kind:11s} x{scale}    did not fit / failed under the {args.dense_limit_gb:g} GB limit ({r['failed']})")
         else:
-            print(f"{kind:11s} x{scale}  {r['active_voxels']:>13,d}  {r['peak_rss_mb']:>12.0f}  {r['step_increase_mb']:>16.0f}  {r['seconds']:>7.1f}")
+            gpu = f"  GPU peak {r['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in r else ""
+            print(f"{kind:11s} x{scale}  {r['active_voxels']:>13,d}  {r['peak_rss_mb']:>12.0f}  {r['step_increase_mb']:>16.0f}  {r['seconds']:>7.3f}{gpu}")
 
     def ratio(a, b, key):
         ra, rb = rows.get(a, {}), rows.get(b, {})
         return ra[key] / rb[key] if key in ra and key in rb and rb[key] else float("nan")
 
-    for dense in ("dense_twin", "monai_unet"):
+    for dense in ("dense_twin", "monai_unet", "monai_unet_full"):
         for scale in (1, 2):
-            print(f"\nsparse / {dense} at x{scale}: peak RSS {ratio(('sparse', scale), (dense, scale), 'peak_rss_mb'):.3f}, "
+            print(f"\nsparse / {dense} at x{scale}: GPU peak {ratio(('sparse', scale), (dense, scale), 'gpu_peak_mb'):.3f}, peak RSS {ratio(('sparse', scale), (dense, scale), 'peak_rss_mb'):.3f}, "
                   f"step increase {ratio(('sparse', scale), (dense, scale), 'step_increase_mb'):.3f}, "
                   f"time {ratio(('sparse', scale), (dense, scale), 'seconds'):.3f}")
-    print(f"sparse x2 / x1 (8x grid voxels): peak RSS {ratio(('sparse', 2), ('sparse', 1), 'peak_rss_mb'):.2f}, "
+    print(f"sparse x2 / x1 (8x grid voxels): GPU peak {ratio(('sparse', 2), ('sparse', 1), 'gpu_peak_mb'):.2f}, peak RSS {ratio(('sparse', 2), ('sparse', 1), 'peak_rss_mb'):.2f}, "
           f"step increase {ratio(('sparse', 2), ('sparse', 1), 'step_increase_mb'):.2f}, "
           f"time {ratio(('sparse', 2), ('sparse', 1), 'seconds'):.2f}")
-    for dense in ("dense_twin", "monai_unet"):
-        print(f"{dense} x2 / x1: peak RSS {ratio((dense, 2), (dense, 1), 'peak_rss_mb'):.2f}, "
+    for dense in ("dense_twin", "monai_unet", "monai_unet_full"):
+        print(f"{dense} x2 / x1: GPU peak {ratio((dense, 2), (dense, 1), 'gpu_peak_mb'):.2f}, peak RSS {ratio((dense, 2), (dense, 1), 'peak_rss_mb'):.2f}, "
               f"step increase {ratio((dense, 2), (dense, 1), 'step_increase_mb'):.2f}")
 
 

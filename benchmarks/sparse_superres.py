@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+CHANNELS = (4, 8, 16, 16, 32)  # the network of the results in docs/BENCHMARKS.md
+
 
 def dsc(a: np.ndarray, b: np.ndarray) -> float:
     from monai.metrics import compute_dice
@@ -32,9 +34,9 @@ def main() -> None:
     from monai_fovea.apps import sparse_completion as sc
 
     t0 = time.perf_counter()
-    sc.train_superres(args.model, steps=args.steps)
+    sc.train_superres(args.model, steps=args.steps, channels=CHANNELS)
     print(f"trained x2 model: {args.steps} steps in {time.perf_counter() - t0:.0f} s")
-    model = sc.build_network()
+    model = sc.build_network(CHANNELS)
     model.load_state_dict(torch.load(args.model, weights_only=True))
     skulls = {"ct_head": sc.load_ct_skull()[0], "synthetic999": sc.synthetic_skulls([999])[0]}
     print("skull         scale  nearest DSC  sparse SR DSC")

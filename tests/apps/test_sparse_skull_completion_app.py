@@ -62,6 +62,22 @@ def test_short_training_run_saves_a_loadable_state_dict(tmp_path, monkeypatch):
     assert implant.shape == small.shape and completed.shape == small.shape
 
 
+def test_whole_volume_training_with_a_time_limit_saves_what_it_has(tmp_path, monkeypatch):
+    small = skull_shell((40, 40, 32), seed=7, thickness=(3, 5)).astype(bool)
+    monkeypatch.setattr(sc, "load_ct_skull", lambda: (small, np.eye(4)))
+    seen = []
+    real_make = sc.make_defect_case
+    monkeypatch.setattr(sc, "make_defect_case", lambda skull, seed, *a: seen.append(skull.shape) or real_make(skull, seed, *a))
+    out = tmp_path / "model.pt"
+    result = sc.train(out, steps=3, channels=(2, 4, 4), crop_size=None, num_synthetic=1, real_fraction=1.0)
+    assert result["steps"] == 3 and seen == [small.shape] * 3  # whole volumes, always the "real" skull
+    untrained = sc.build_network((2, 4, 4)).state_dict()
+    result = sc.train(out, steps=1000, channels=(2, 4, 4), crop_size=None, num_synthetic=1, time_limit_s=0.0)
+    assert result["steps"] == 0 and result["losses"] == []  # stopped before the first step ...
+    saved = torch.load(out, weights_only=True)  # ... and still saved (the untrained net: same keys and shapes)
+    assert saved.keys() == untrained.keys() and all(saved[k].shape == untrained[k].shape for k in saved)
+
+
 def test_vault_region_is_the_upper_slab_with_margin():
     skull = np.zeros((4, 4, 40), bool)
     skull[:, :, 10:31] = True  # extent 10..30 along the last (superior) axis
@@ -95,3 +111,23 @@ def test_superres_training_and_refinement_run_on_the_fine_grid(tmp_path):
     fine = skull_shell((32, 32, 24), seed=2).astype(bool)
     occ = sc.superres(net, sc.superres_input(fine, 2))
     assert occ.shape == fine.shape and occ.dtype == bool
+
+
+def test_mri_skull_is_resampled_to_the_ct_spacing_with_its_volume_kept():
+    import nibabel as nib
+
+    from monai_fovea.data.skull_extraction import load_mri_skull
+
+    skull_1mm, affine_1mm = load_mri_skull()  # what load_mri_skull_at_ct_spacing() resamples
+    skull, affine = sc.resample_mask(skull_1mm, affine_1mm, sc.CT_SPACING)
+    assert np.allclose(np.linalg.norm(affine[:3, :3], axis=0), sc.CT_SPACING)
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+    # nearest-neighbour resampling keeps the bone volume (mm^3) within 2 %, and the skull in the same place (mm)
+    vol_1mm = skull_1mm.sum() * abs(np.linalg.det(affine_1mm[:3, :3]))
+    vol = skull.sum() * abs(np.linalg.det(affine[:3, :3]))
+    assert abs(vol / vol_1mm - 1) < 0.02
+
+    def centroid_mm(mask, aff):
+        return (aff @ np.append(np.argwhere(mask).mean(0), 1.0))[:3]
+
+    assert np.allclose(centroid_mm(skull, affine), centroid_mm(skull_1mm, affine_1mm), atol=1.0)

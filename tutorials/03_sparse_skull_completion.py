@@ -135,7 +135,9 @@ def network_io(defective: torch.Tensor, implant: torch.Tensor) -> tuple[SparseVo
 # `SparseCompletionNet.loss(x, target)` runs the encoder-decoder on a spconv tensor and sums a BCE over the
 # decoder levels. In training mode the target voxels are kept through pruning, so the finer levels always see
 # them. Each step cuts a fresh defect and crops a 64 x 64 x 48 box around it, which keeps the steps short on a
-# CPU. The network is fully convolutional, so it can still be applied to the whole volume afterwards.
+# CPU. The network is fully convolutional, so it can still be applied to the whole volume afterwards. (The bundle's
+# weights were trained on *whole* volumes on a GPU: with crops the network rarely sees the skull's natural openings
+# -- orbits, nasal cavity -- left open in the target and learns to "complete" them too; see the bundle's README.)
 
 
 # %%

@@ -86,6 +86,37 @@ def apsm_image(apsm, vmin: float | None = None, vmax: float | None = None, cmap:
     return (colormaps[cmap](norm)[..., :3] * 255.0 + 0.5).astype(np.uint8)
 
 
+def add_colour_bar(rgb: np.ndarray, vmin: float, vmax: float, cmap: str = "viridis", unit: str = "px",
+                   bar_width: int = 16, margin: int = 8) -> np.ndarray:
+    """``rgb`` ``[h, w, 3]`` uint8 with a legend appended on its right: a vertical colour bar (``vmax`` at the top,
+    ``vmin`` at the bottom, the colours :func:`apsm_image` uses) labelled with both values, on white.
+
+    For images written straight to PNG (e.g. the whole-slide APSM), where a reader needs the scale to read them.
+
+    Example:
+        >>> add_colour_bar(np.zeros((64, 40, 3), np.uint8), 16, 64).shape
+        (64, 107, 3)
+    """
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be [h, w, 3] uint8, got shape {rgb.shape}.")
+    h = rgb.shape[0]
+    text_width = 7 * max(len(f"{vmax:g} {unit}"), len(f"{vmin:g} {unit}"))  # the default PIL font is ~6 px wide
+    legend = np.full((h, 2 * margin + bar_width + text_width, 3), 255, np.uint8)
+    levels = np.linspace(1.0, 0.0, h)[:, None]  # top row = vmax
+    bar = (colormaps[cmap](np.repeat(levels, bar_width, 1))[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    legend[:, margin : margin + bar_width] = bar
+    image = Image.fromarray(legend)
+    draw = ImageDraw.Draw(image)
+    x = 2 * margin + bar_width - margin // 2
+    draw.text((x, 0), f"{vmax:g} {unit}", fill=(0, 0, 0))
+    draw.text((x, max(h - 11, 0)), f"{vmin:g} {unit}", fill=(0, 0, 0))
+    return np.concatenate([rgb, np.asarray(image)], axis=1)
+
+
 def apsm_figure(image, apsm, label=None, patch_sizes=None, title: str | None = None):
     """A matplotlib figure: the image (with the label overlay when given) beside its APSM (with a colour bar in
     pixels), as the paper's Fig. 4. Returns the ``Figure``; save it with ``fig.savefig(path)``."""

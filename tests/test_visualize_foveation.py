@@ -41,3 +41,17 @@ def test_apsm_figure_has_image_and_map():
     images = [ax.images[0] for ax in fig.axes if ax.images]
     assert len(images) == 2
     assert images[1].get_clim() == (8, 32)
+
+
+def test_colour_bar_runs_from_vmax_at_the_top_to_vmin_at_the_bottom():
+    from monai_fovea.visualize import add_colour_bar, apsm_image
+
+    rgb = np.zeros((50, 30, 3), np.uint8)
+    out = add_colour_bar(rgb, 16, 64)
+    assert out.shape[0] == 50 and out.shape[1] > 30 and np.array_equal(out[:, :30], rgb)  # the image is untouched
+    bar = out[:, 30 + 8 + 8]  # margin 8, middle of the 16-px bar
+    assert np.array_equal(bar[0], apsm_image(np.array([[64.0]]), 16, 64)[0, 0])
+    assert np.array_equal(bar[-1], apsm_image(np.array([[16.0]]), 16, 64)[0, 0])
+    assert (out[:, 30:38] == 255).all()  # white margin between image and bar
+    with pytest.raises(ValueError, match="rgb must be"):
+        add_colour_bar(np.zeros((5, 5)), 0, 1)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from monai_fovea.data.io import write_png, write_pyramidal_tiff
 from monai_fovea.data.wsi import PyramidSlide, cell_means, read_multiscale, tissue_mask
 from monai_fovea.inferers.foveated import region_starts
-from monai_fovea.visualize import apsm_image, label_overlay
+from monai_fovea.visualize import add_colour_bar, apsm_image, label_overlay
 
 __all__ = ["WSIFoveatedInferer"]
 
@@ -284,10 +284,10 @@ def _cells_with_tissue(mask: np.ndarray, cell: tuple[float, float], grid: tuple[
 
 def _apsm_rgb(apsm: np.ndarray, net: torch.nn.Module, max_size: int) -> np.ndarray:
     """APSM ``[gh, gw]`` (NaN = skipped) → viridis RGB over the range of the network's FoVs (black where skipped),
-    each cell drawn as a square of up to 16 px."""
+    each cell drawn as a square of up to 16 px, with a colour bar labelled in pixels on the right."""
     sizes = net.scale_sizes.float().numpy()
     lo, hi = float(sizes.min()), float(sizes.max())
     rgb = apsm_image(np.nan_to_num(apsm, nan=lo), vmin=lo, vmax=hi)
     rgb[np.isnan(apsm)] = 0
     k = max(1, min(max_size // max(apsm.shape), 16))
-    return np.kron(rgb, np.ones((k, k, 1), np.uint8))
+    return add_colour_bar(np.kron(rgb, np.ones((k, k, 1), np.uint8)), lo, hi)

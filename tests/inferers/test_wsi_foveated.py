@@ -121,10 +121,15 @@ def test_probability_output_and_apsm_png(half_tissue_slide, tmp_path):
     assert (tifffile.imread(paths["label"]) == 191).all()
     # average mode: every location's APSM is the mean FoV (16 + 32 + 64) / 3 = 37.33 px
     assert inferer.last_stats["mean_apsm"] == pytest.approx(112 / 3, rel=1e-5)
-    apsm = np.asarray(Image.open(paths["apsm"]))
-    assert apsm.ndim == 3 and apsm.shape[0] % 8 == 0 and apsm.shape[1] % 10 == 0
-    assert apsm.shape[0] // 8 == apsm.shape[1] // 10  # square cells, 8 x 10 grid
-    assert len(np.unique(apsm.reshape(-1, 3), axis=0)) == 1  # one APSM value everywhere
+    png = np.asarray(Image.open(paths["apsm"]))
+    k = png.shape[0] // 8  # the 8 x 10 grid drawn as square k x k cells, then the colour bar on the right
+    assert png.ndim == 3 and png.shape[0] == 8 * k and png.shape[1] > 10 * k
+    apsm = png[:, : 10 * k]
+    assert len(np.unique(apsm.reshape(-1, 3), axis=0)) == 1  # one APSM value everywhere ...
+    # ... at 37.33 px on the 16..64 px scale, the colour of the bar at that height (top = 64 px, bottom = 16 px)
+    bar = png[:, 10 * k + 8 + 8]  # margin 8, middle of the 16-px bar
+    row = int(round((64 - 112 / 3) / (64 - 16) * (png.shape[0] - 1)))
+    assert np.abs(bar[row].astype(int) - apsm[0, 0].astype(int)).max() <= 3
 
 
 def test_larger_predicted_region_than_output(blocky_slide, tmp_path):

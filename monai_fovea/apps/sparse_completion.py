@@ -9,7 +9,8 @@ Data
 * Synthetic skulls: :func:`monai_fovea.data.synthetic.skull_shell` (seeded closed shells).
 * Defects: :class:`~monai_fovea.transforms.RandSkullDefectd` (cube / ball / irregular on the upper half of the
   vault). Training draws fresh random defects every step from a seeded stream; evaluation uses the defects drawn
-  with the held-out seeds :data:`EVAL_SEEDS` (never drawn in training), and a held-out synthetic skull.
+  with the held-out seeds :data:`EVAL_SEEDS` (never drawn in training) on the CT skull, a held-out synthetic skull
+  and a held-out real skull extracted from the MRI head sample (:func:`evaluation_cases`).
 * Network input: the one-voxel edge shell of the defective skull; target: that shell plus the (dense) implant.
 
 Post-processing (as in the seed): occupied voxels minus the defective skull, binary opening, largest
@@ -260,7 +261,7 @@ def train(output_path: str | os.PathLike, steps: int = 600, lr: float = 1e-3, ch
     bar = tqdm(range(steps), desc="train sparse completion", disable=rank != 0)
     start = time.monotonic()
     for step in bar:
-        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+        if time_limit_s is not None and _time_is_up(time.monotonic() - start > time_limit_s, distributed, device):
             logger.info("time limit %.0f s reached after %d steps", time_limit_s, step)
             break
         use_real = rng.random() < real_fraction or len(skulls) == 1
@@ -289,6 +290,18 @@ def train(output_path: str | os.PathLike, steps: int = 600, lr: float = 1e-3, ch
         dist.barrier()
         dist.destroy_process_group()
     return {"losses": losses, "steps": len(losses), "output_path": str(output_path)}
+
+
+def _time_is_up(local: bool, distributed: bool, device: str | torch.device) -> bool:
+    """Whether to stop now; under DDP all ranks must stop at the same step (or the next all-reduce hangs), so the
+    decision is any rank's (a MAX all-reduce)."""
+    if not distributed:
+        return local
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(local)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class _CompletionLoss(torch.nn.Module):

@@ -94,9 +94,10 @@ def test_multi_gpu_train_runs_ddp_with_gloo_on_cpu(tmp_path):
 
     ckpt = tmp_path / "model.pt"
     configs = [str(BUNDLE / "configs" / c) for c in ("train.json", "multi_gpu_train.json")]
+    # a time limit that never triggers: its stop decision is all-reduced on every step, which must not hang DDP
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--config_file", str(configs), "--bundle_root", str(BUNDLE), "--ckpt_path", str(ckpt), "--steps", "2",
-           "--crop_size", "[24,24,24]", "--device", "cpu"]
+           "--crop_size", "[24,24,24]", "--device", "cpu", "--time_limit_s", "1000"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     net = build_network()

@@ -25,16 +25,11 @@ import argparse
 import tempfile
 import time
 
-import nibabel as nib
-import numpy as np
 import torch
 from monai.networks.nets import UNet
 
-from monai_fovea.apps.segment_then_segment import evaluate, normalize_intensity, train
-from monai_fovea.data import samples
-
-STRUCTURES = (41, 42, 75, 76, 79, 80)
-MARGIN = 8
+from monai_fovea.apps.segment_then_segment import AAL_STRUCTURES as STRUCTURES  # noqa: F401 (documented labels)
+from monai_fovea.apps.segment_then_segment import aal_structures_split, evaluate, train
 
 
 def make_net() -> torch.nn.Module:
@@ -43,19 +38,8 @@ def make_net() -> torch.nn.Module:
 
 
 def halves():
-    files = samples.fetch("mri_ch2")
-    image = np.asarray(nib.load(files["image"]).dataobj, np.float32)[None]
-    aal = np.asarray(nib.load(files["aal"]).dataobj)
-    label = np.isin(aal, STRUCTURES).astype(np.float32)[None]
-    image = normalize_intensity(image)
-    left = {"image": image[:, 91:], "label": label[:, 91:]}
-    right = {"image": image[:, :90][:, ::-1].copy(), "label": label[:, :90][:, ::-1].copy()}
-    # one fixed field of view for both halves: the box around the structures of both, plus MARGIN voxels
-    union = (left["label"][0] > 0) | (right["label"][0] > 0)
-    idx = np.nonzero(union)
-    roi = (slice(None), *[slice(max(int(i.min()) - MARGIN, 0), min(int(i.max()) + 1 + MARGIN, n))
-                          for i, n in zip(idx, union.shape)])
-    return ({k: v[roi].copy() for k, v in left.items()}, {k: v[roi].copy() for k, v in right.items()})
+    """(train item, test item): the split of ``aal_structures_split`` (the bundle's ``train_3d.json`` uses it too)."""
+    return aal_structures_split("train")[0], aal_structures_split("test")[0]
 
 
 def main() -> None:

@@ -9,6 +9,12 @@ Sample split of the bundle (``sample_split``), no pixel in two parts:
 
 * ``dsb2018_nuclei`` (512 × 512 fluorescence, 125 nuclei): train = top half (rows 0-255, random 256² windows),
   validation = bottom-left quadrant (rows 256-511, cols 0-255), test = bottom-right quadrant (cols 256-511).
+
+3D split (``aal_structures_split``, the bundle's ``train_3d.json`` and ``benchmarks/sts_accuracy_3d.py``):
+
+* ``mri_ch2`` T1 (181 × 217 × 181, 1 mm), AAL amygdala / pallidum / Heschl gyrus (labels 41, 42, 75, 76, 79, 80):
+  train = left hemisphere (array x >= 91), test = right hemisphere (x < 90) mirrored along x; both cut to the box
+  around the structures of both halves plus 8 voxels (76 × 61 × 64).
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ __all__ = [
     "evaluate",
     "read_image_2d",
     "segment_files",
+    "AAL_STRUCTURES",
+    "aal_structures_split",
+    "default_input_3d",
+    "segment_volumes",
 ]
 
 
@@ -409,4 +419,162 @@ def segment_files(
         with atomic_output(out_dir / f"{stem}_boxes.json") as tmp:
             Path(tmp).write_text(json.dumps({"image": str(path), "boxes": boxes[0].tolist()}))
         written.append(target)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3D: AAL small structures on the mri_ch2 T1 (data of train_3d.json / benchmarks/sts_accuracy_3d.py), NIfTI inference
+
+AAL_STRUCTURES = (41, 42, 75, 76, 79, 80)  # amygdala, pallidum, Heschl gyrus (left, right)
+_AAL_MARGIN = 8
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _aal_halves() -> dict[str, dict]:
+    """Both halves of the ``mri_ch2`` AAL task: per part the item (image normalised on the whole head, as in the
+    benchmark), the raw T1 crop, and the crop's voxel-to-world affine (mirroring included)."""
+    import nibabel as nib
+
+    from monai_fovea.data import samples
+
+    files = samples.fetch("mri_ch2")
+    nii = nib.load(files["image"])
+    raw = np.asarray(nii.dataobj, np.float32)[None]
+    aal = np.asarray(nib.load(files["aal"]).dataobj)
+    label = np.isin(aal, AAL_STRUCTURES).astype(np.float32)[None]
+    image = normalize_intensity(raw)
+    left = {"image": image[:, 91:], "label": label[:, 91:], "raw": raw[:, 91:]}
+    right = {k: v[:, :90][:, ::-1].copy() for k, v in (("image", image), ("label", label), ("raw", raw))}
+    # one fixed field of view for both halves: the box around the structures of both, plus _AAL_MARGIN voxels
+    union = (left["label"][0] > 0) | (right["label"][0] > 0)
+    idx = np.nonzero(union)
+    starts = [max(int(i.min()) - _AAL_MARGIN, 0) for i in idx]
+    roi = (slice(None), *[slice(st, min(int(i.max()) + 1 + _AAL_MARGIN, n))
+                          for st, i, n in zip(starts, idx, union.shape)])
+    # crop voxel (i, j, k) -> original voxel: left (91 + x0 + i, y0 + j, z0 + k), right (89 - x0 - i, y0 + j, z0 + k)
+    to_left = np.eye(4)
+    to_left[:3, 3] = [91 + starts[0], starts[1], starts[2]]
+    to_right = np.eye(4)
+    to_right[0, 0] = -1.0
+    to_right[:3, 3] = [89 - starts[0], starts[1], starts[2]]
+    out = {}
+    for part, half, to_orig in (("train", left, to_left), ("test", right, to_right)):
+        out[part] = {"item": {k: half[k][roi].copy() for k in ("image", "label")}, "raw": half["raw"][roi][0].copy(),
+                     "affine": np.asarray(nii.affine, np.float64) @ to_orig}
+    return out
+
+
+def aal_structures_split(part: str = "train") -> list[dict[str, np.ndarray]]:
+    """Held-out 3D split of the ``mri_ch2`` T1 for the union of the AAL amygdala, pallidum and Heschl gyrus.
+
+    ``train`` = left hemisphere (array x >= 91, RAS x > 0); ``test`` = right hemisphere (x < 90) mirrored along x
+    so that it looks like a left one. Both are cut to the same field of view, the box around the six structures of
+    both halves plus 8 voxels (76 × 61 × 64). The image is normalised on the whole head (1st-99.8th percentile)
+    before cutting. No voxel is in both parts; there is no separate validation volume (one subject).
+
+    Returns:
+        ``[{"image": [1, 76, 61, 64] float32 in [0, 1], "label": [1, 76, 61, 64] float32 0/1}]``.
+
+    Example:
+        >>> item = aal_structures_split("test")[0]  # doctest: +SKIP
+        >>> item["image"].shape, int(item["label"].sum())  # doctest: +SKIP
+        ((1, 76, 61, 64), 6040)
+    """
+    if part not in ("train", "test"):
+        raise ValueError(f"part must be 'train' or 'test', got {part!r}.")
+    return [_aal_halves()[part]["item"]]
+
+
+def default_input_3d(cache_dir: str | Path | None = None) -> str:
+    """Path of the 3D bundle's default input: the held-out (test, right hemisphere mirrored) T1 crop of
+    ``aal_structures_split``, raw intensities, with the affine mapping its voxels to their true world positions;
+    written once (with its ground-truth mask beside it, ``*_label.nii.gz``) into ``cache_dir`` (default: the sample
+    data folder's ``segment_then_segment/``).
+
+    Example:
+        >>> default_input_3d()  # doctest: +SKIP
+        '/home/me/.cache/monai_fovea/segment_then_segment/mri_ch2_aal_test.nii.gz'
+    """
+    from monai_fovea.data import samples
+    from monai_fovea.data.io import write_nifti
+
+    folder = Path(cache_dir) if cache_dir is not None else samples.data_dir() / "segment_then_segment"
+    path = folder / "mri_ch2_aal_test.nii.gz"
+    label_path = folder / "mri_ch2_aal_test_label.nii.gz"
+    if not (path.is_file() and label_path.is_file()):
+        test = _aal_halves()["test"]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_nifti(test["item"]["label"][0].astype(np.uint8), label_path, test["affine"])
+        write_nifti(test["raw"].astype(np.uint8), path, test["affine"])  # the T1 sample is uint8
+    return str(path)
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def segment_volumes(
+    input: str | Path,
+    output_dir: str | Path,
+    coarse_net: torch.nn.Module,
+    fine_net: torch.nn.Module,
+    inferer: SegmentThenSegmentInferer,
+    device: str | torch.device = "cpu",
+    in_channels: int = 1,
+) -> list[Path]:
+    """Segment every NIfTI volume (``.nii``, ``.nii.gz``) of ``input`` (file, folder or glob) in 3D and write
+    ``<stem>_mask.nii.gz`` (uint8, 1 = object; the input's shape and affine) and ``<stem>_boxes.json`` (the fine
+    crops' boxes, ``[x0, y0, z0, x1, y1, z1]`` in voxels, end exclusive) into ``output_dir``.
+
+    Volumes are normalised as in training (1st-99.8th percentile → [0, 1]). A volume must be 3D ``[X, Y, Z]`` (or
+    ``[X, Y, Z, C]`` with ``C == in_channels`` > 1); every file is checked before anything is written. Outputs are
+    written atomically; inputs are only read.
+
+    Returns:
+        the written mask paths.
+
+    Example:
+        >>> inferer = SegmentThenSegmentInferer(None, 32, coarse_scale=2, coarse_roi_size=32)
+        >>> segment_volumes("scans/*.nii.gz", "masks", coarse, fine, inferer)  # doctest: +SKIP
+        [PosixPath('masks/a_mask.nii.gz'), PosixPath('masks/b_mask.nii.gz')]
+    """
+    import json
+
+    import nibabel as nib
+
+    from monai_fovea.data.io import atomic_output, list_inputs, write_nifti
+
+    files = list_inputs(input, suffixes=list(_NIFTI_SUFFIXES))
+
+    def check(shape: tuple[int, ...], path: Path) -> None:
+        ok = len(shape) == 3 or (len(shape) == 4 and in_channels > 1 and shape[-1] == in_channels)
+        if not ok:
+            want = "[X, Y, Z]" if in_channels == 1 else f"[X, Y, Z, {in_channels}]"
+            raise ValueError(f"input: {path.name} has shape {tuple(shape)}; expected a 3D volume {want}.")
+
+    for path in files:  # all shapes checked before anything is written
+        check(tuple(nib.load(path).shape), path)
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    coarse_net.to(device).eval()
+    fine_net.to(device).eval()
+    written = []
+    for path in tqdm(files, desc="segment-then-segment 3D", disable=len(files) < 2):
+        nii = nib.load(path)
+        data = np.asarray(nii.dataobj, dtype=np.float32)
+        check(data.shape, path)
+        image = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
+        tensor = torch.as_tensor(normalize_intensity(image))[None].to(device)
+        mask, boxes = inferer(tensor, coarse_net, fine_net, return_boxes=True)
+        mask_np = (mask[0, 0].cpu().numpy() > 0).astype(np.uint8)
+        stem = _nifti_stem(path)
+        target = write_nifti(mask_np, out_dir / f"{stem}_mask.nii.gz", nii.affine, dtype=np.uint8)
+        with atomic_output(out_dir / f"{stem}_boxes.json") as tmp:
+            Path(tmp).write_text(json.dumps({"image": str(path), "boxes": boxes[0].tolist()}))
+        written.append(Path(target))
     return written

@@ -1,4 +1,4 @@
-"""Run every bundle's inference on its bundled sample input: the README's "main job".
+"""Run every bundle's inference configs on their bundled sample inputs: the README's "main job".
 
 Usage::
 
@@ -7,9 +7,11 @@ Usage::
 
 Each bundle runs exactly as a user would run it, in its own process::
 
-    python -m monai.bundle run --config_file bundles/<name>/configs/inference.json --output_dir ... --device ...
+    python -m monai.bundle run --config_file bundles/<name>/configs/inference<suffix>.json --output_dir ... --device ...
 
-and the files it wrote are listed at the end. A bundle that fails makes the demo exit non-zero after the others ran.
+for every ``inference*.json`` of the bundle (e.g. ``segment_then_segment``'s 2D ``inference.json`` and NIfTI
+``inference_3d.json``; outputs under ``<output_dir>/<name><suffix>/``), and the files it wrote are listed at the
+end. A run that fails makes the demo exit non-zero after the others ran.
 """
 
 from __future__ import annotations
@@ -26,12 +28,19 @@ from .bundles import BUNDLES_DIR, available_bundles
 REPO_ROOT = BUNDLES_DIR.parent
 
 
-def run_bundle_inference(name: str, output_dir: Path, device: str, bundles_dir: Path = BUNDLES_DIR) -> int:
-    """Run one bundle's inference.json in a subprocess; returns its exit code."""
+def inference_configs(name: str, bundles_dir: Path = BUNDLES_DIR) -> list[Path]:
+    """The bundle's ``configs/inference*.json`` files, ``inference.json`` first."""
+    configs = sorted((bundles_dir / name / "configs").glob("inference*.json"))
+    return sorted(configs, key=lambda p: p.name != "inference.json")
+
+
+def run_bundle_inference(name: str, output_dir: Path, device: str, bundles_dir: Path = BUNDLES_DIR,
+                         config: str = "inference.json") -> int:
+    """Run one of the bundle's inference configs in a subprocess; returns its exit code."""
     bundle = bundles_dir / name
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / config),
            "--output_dir", str(output_dir), "--device", device]
-    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    print(f"\n=== {name}/{config}: {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
@@ -52,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     failed, summary = [], []
     for name in names:
-        out = Path(args.output_dir) / name
-        start = time.perf_counter()
-        rc = run_bundle_inference(name, out, args.device)
-        elapsed = time.perf_counter() - start
-        if rc != 0:
-            failed.append(name)
-        files = sorted(p for p in out.rglob("*") if p.is_file()) if out.exists() else []
-        summary.append((name, rc, elapsed, files))
+        for config in inference_configs(name):
+            suffix = config.stem[len("inference"):]  # "" or e.g. "_3d"
+            out = Path(args.output_dir) / f"{name}{suffix}"
+            start = time.perf_counter()
+            rc = run_bundle_inference(name, out, args.device, config=config.name)
+            elapsed = time.perf_counter() - start
+            if rc != 0:
+                failed.append(f"{name}{suffix}")
+            files = sorted(p for p in out.rglob("*") if p.is_file()) if out.exists() else []
+            summary.append((f"{name}{suffix}", rc, elapsed, files))
     print("\n=== summary")
     for name, rc, elapsed, files in summary:
         print(f"{name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {elapsed:.1f} s")

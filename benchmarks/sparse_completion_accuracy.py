@@ -62,7 +62,8 @@ def train_dense(steps: int, lr: float, crop_size, real_fraction: float = 0.75, s
     (same seeds, so the same defects in the same order), whole volumes (``crop_size=None``) or crops."""
     from tqdm import tqdm
 
-    from monai_fovea.apps.sparse_completion import _crop_box, load_ct_skull, make_defect_case, synthetic_skulls
+    from monai_fovea.apps.sparse_completion import (_crop_box, _pick_skull, load_ct_skull, make_defect_case,
+                                                    synthetic_skulls)
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed * 1000)
@@ -76,7 +77,7 @@ def train_dense(steps: int, lr: float, crop_size, real_fraction: float = 0.75, s
         dice = DiceLoss(sigmoid=True)
     net.train()
     for step in tqdm(range(steps), desc="train dense"):
-        skull = skulls[0] if rng.random() < real_fraction else skulls[1 + int(rng.integers(len(skulls) - 1))]
+        skull = _pick_skull(skulls, real_fraction, rng)
         case = make_defect_case(skull, seed * 100_000 + 1000 + step)
         if crop_size is None:
             box = tuple(slice(None) for _ in skull.shape)

@@ -509,14 +509,6 @@ def default_input_3d(cache_dir: str | Path | None = None) -> str:
     return str(path)
 
 
-def _nifti_stem(path: Path) -> str:
-    name = path.name
-    for suffix in _NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def segment_volumes(
     input: str | Path,
     output_dir: str | Path,
@@ -546,7 +538,7 @@ def segment_volumes(
 
     import nibabel as nib
 
-    from monai_fovea.data.io import atomic_output, list_inputs, write_nifti
+    from monai_fovea.data.io import atomic_output, file_stem, list_inputs, write_nifti
 
     files = list_inputs(input, suffixes=list(_NIFTI_SUFFIXES))
 
@@ -572,7 +564,7 @@ def segment_volumes(
         tensor = torch.as_tensor(normalize_intensity(image))[None].to(device)
         mask, boxes = inferer(tensor, coarse_net, fine_net, return_boxes=True)
         mask_np = (mask[0, 0].cpu().numpy() > 0).astype(np.uint8)
-        stem = _nifti_stem(path)
+        stem = file_stem(path)
         target = write_nifti(mask_np, out_dir / f"{stem}_mask.nii.gz", nii.affine, dtype=np.uint8)
         with atomic_output(out_dir / f"{stem}_boxes.json") as tmp:
             Path(tmp).write_text(json.dumps({"image": str(path), "boxes": boxes[0].tolist()}))

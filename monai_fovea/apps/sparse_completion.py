@@ -264,8 +264,7 @@ def train(output_path: str | os.PathLike, steps: int = 600, lr: float = 1e-3, ch
         if time_limit_s is not None and _time_is_up(time.monotonic() - start > time_limit_s, distributed, device):
             logger.info("time limit %.0f s reached after %d steps", time_limit_s, step)
             break
-        use_real = rng.random() < real_fraction or len(skulls) == 1
-        skull = skulls[0] if use_real else skulls[1 + int(rng.integers(len(skulls) - 1))]
+        skull = _pick_skull(skulls, real_fraction, rng)
         case = make_defect_case(skull, seed * 100_000 + 1000 + step * world + rank)
         if crop_size is None:
             box = tuple(slice(None) for _ in skull.shape)
@@ -290,6 +289,15 @@ def train(output_path: str | os.PathLike, steps: int = 600, lr: float = 1e-3, ch
         dist.barrier()
         dist.destroy_process_group()
     return {"losses": losses, "steps": len(losses), "output_path": str(output_path)}
+
+
+def _pick_skull(skulls: Sequence[np.ndarray], real_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """The training skull of one step: ``skulls[0]`` (the real one) with probability ``real_fraction``, else one of
+    the others at random (shared with the dense baseline of ``benchmarks/sparse_completion_accuracy.py``, so both
+    see the same skulls in the same order)."""
+    if rng.random() < real_fraction or len(skulls) == 1:
+        return skulls[0]
+    return skulls[1 + int(rng.integers(len(skulls) - 1))]
 
 
 def _time_is_up(local: bool, distributed: bool, device: str | torch.device) -> bool:
@@ -379,7 +387,7 @@ def run_inference(input: str | os.PathLike, output_dir: str | os.PathLike, netwo
     never modified. Returns the written paths."""
     import nibabel as nib
 
-    from monai_fovea.data.io import list_inputs, write_nifti
+    from monai_fovea.data.io import file_stem, list_inputs, write_nifti
 
     paths = list_inputs(input, suffixes=(".nii", ".nii.gz"))
     network = network.to(device)
@@ -394,7 +402,7 @@ def run_inference(input: str | os.PathLike, output_dir: str | os.PathLike, netwo
     written = []
     out = Path(output_dir)
     for path, affine, implant, completed in results:
-        stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+        stem = file_stem(path)
         for suffix, array in (("implant", implant), ("completed", completed)):
             written.append(str(write_nifti(array.astype(np.uint8), out / f"{stem}_{suffix}.nii.gz", affine)))
             logger.info("wrote %s", written[-1])

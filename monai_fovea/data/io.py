@@ -33,7 +33,7 @@ import numpy as np
 
 __all__ = [
     "list_inputs", "atomic_output", "write_nifti", "write_pyramidal_tiff", "write_png", "pyramid_level_shapes",
-    "save_state_dict",
+    "save_state_dict", "file_stem",
 ]
 
 PathLike = str | os.PathLike
@@ -105,6 +105,16 @@ def _split_suffix(name: str) -> tuple[str, str]:
             return name[: -len(compound)], name[-len(compound) :]
     stem, dot, ext = name.rpartition(".")
     return (stem, "." + ext) if dot and stem else (name, "")
+
+
+def file_stem(path: PathLike) -> str:
+    """The file name without its extension, compound ones included: the stem outputs are named after.
+
+    Example:
+        >>> file_stem("/data/case01.nii.gz"), file_stem("slide.ome.tif"), file_stem("img.png")
+        ('case01', 'slide', 'img')
+    """
+    return _split_suffix(Path(path).name)[0]
 
 
 @contextlib.contextmanager

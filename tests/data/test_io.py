@@ -321,3 +321,10 @@ def test_save_state_dict_interrupted_mid_write_keeps_the_previous_checkpoint(tmp
         save_state_dict(torch.nn.Linear(2, 1), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_file_stem_drops_compound_extensions():
+    from monai_fovea.data.io import file_stem
+
+    assert file_stem("/d/case01.nii.gz") == "case01" and file_stem("CASE.NII.GZ") == "CASE"
+    assert file_stem("a.b.nii") == "a.b" and file_stem("slide.ome.tif") == "slide" and file_stem("README") == "README"

@@ -90,3 +90,45 @@ def test_dictionary_twin_on_metatensor():
     assert d["label_boxes"].tolist() == [[2, 3, 4, 6]]
     assert d["label_classes"].tolist() == [1]
     assert isinstance(d["label"], MetaTensor)
+
+
+def _probability_map() -> np.ndarray:
+    """MASK_2D's components as smooth probabilities (0.55..0.95) on a 0.05..0.3 background: no value repeats much."""
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0.05, 0.3, MASK_2D.shape)
+    prob[MASK_2D > 0] = rng.uniform(0.55, 0.95, int((MASK_2D > 0).sum()))
+    return prob
+
+
+def test_probability_map_without_threshold_is_refused():
+    prob = _probability_map()
+    with pytest.raises(ValueError, match="pass threshold"):
+        ComponentBoxes(min_size=1)(prob)
+    with pytest.raises(ValueError, match="pass threshold"):
+        ComponentBoxesd("prob", min_size=1)({"prob": torch.as_tensor(prob, dtype=torch.float32)})
+    with pytest.raises(ValueError, match="non-integer"):  # NaN is not a label either
+        ComponentBoxes()(np.where(MASK_2D > 0, np.nan, 0.0))
+    # float masks holding integer labels are still labels
+    boxes, classes = ComponentBoxes(connectivity=8, min_size=1)(MASK_2D.astype(np.float32) * 2)
+    assert boxes.tolist() == [[0, 0, 2, 2], [2, 3, 4, 6], [5, 0, 6, 1]] and classes.tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_threshold_binarises_a_probability_map(as_tensor):
+    prob = _probability_map()
+    prob = torch.as_tensor(prob) if as_tensor else prob
+    boxes, classes = ComponentBoxes(connectivity=8, min_size=1, threshold=0.5)(prob)
+    assert boxes.tolist() == [[0, 0, 2, 2], [2, 3, 4, 6], [5, 0, 6, 1]]
+    assert classes.tolist() == [1, 1, 1]
+    assert isinstance(boxes, torch.Tensor) == as_tensor
+    # a higher threshold keeps only the pixels above it: 0.99 keeps none
+    boxes, _ = ComponentBoxes(threshold=0.99, min_size=1)(prob)
+    assert boxes.shape == (0, 4)
+
+
+def test_threshold_in_dictionary_twin_and_nan_is_background():
+    prob = _probability_map()
+    prob[0, 0, 0] = np.nan  # a non-finite value in a thresholded map is background, not a component
+    d = ComponentBoxesd("prob", connectivity=8, min_size=1, threshold=0.5)({"prob": prob})
+    assert d["prob_boxes"].tolist() == [[1, 1, 2, 2], [2, 3, 4, 6], [5, 0, 6, 1]]
+    assert d["prob_classes"].tolist() == [1, 1, 1]

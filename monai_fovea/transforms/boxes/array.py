@@ -39,26 +39,36 @@ class ComponentBoxes(Transform):
     Args:
         connectivity: 4 or 8 in 2D, 6, 18 or 26 in 3D; ``None`` = full connectivity (8 / 26, as the reference).
         min_size: components with fewer voxels are ignored.
+        threshold: for probability maps: binarise as ``mask > threshold`` first (one class, 1). ``None`` (default):
+            the mask holds integer labels.
 
     Returns:
         ``(boxes, classes)``: ``int64 [K, 2 * ndim]`` end-exclusive boxes and ``int64 [K]`` component classes, numpy
         for a numpy mask, torch (on the mask's device) for a tensor.
+
+    Raises:
+        ValueError: ``threshold`` is None and the mask has non-integer values (a probability map would otherwise
+            give one "class" per distinct value); the message says to pass ``threshold``.
 
     Example:
         >>> mask = np.zeros((1, 8, 8), np.uint8); mask[0, 1:3, 1:3] = 1; mask[0, 5:8, 4:6] = 2
         >>> boxes, classes = ComponentBoxes(min_size=1)(mask)
         >>> boxes.tolist(), classes.tolist()
         ([[1, 1, 3, 3], [5, 4, 8, 6]], [1, 2])
+        >>> prob = np.zeros((1, 8, 8)); prob[0, 2:5, 2:4] = [[0.6], [0.9], [0.7]]
+        >>> ComponentBoxes(min_size=1, threshold=0.5)(prob)[0].tolist()
+        [[2, 2, 5, 4]]
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, connectivity: int | None = None, min_size: int = 5) -> None:
+    def __init__(self, connectivity: int | None = None, min_size: int = 5, threshold: float | None = None) -> None:
         self.connectivity = connectivity
         self.min_size = min_size
+        self.threshold = threshold
 
     def __call__(self, mask: NdarrayOrTensor) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
-        boxes, classes = component_boxes(mask, self.connectivity, self.min_size)
+        boxes, classes = component_boxes(mask, self.connectivity, self.min_size, self.threshold)
         return _like(boxes, mask), _like(classes, mask)
 
 

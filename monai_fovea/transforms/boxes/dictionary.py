@@ -38,14 +38,22 @@ class ComponentBoxesd(MapTransform):
         keys: mask keys.
         connectivity, min_size: see :class:`ComponentBoxes`.
         box_postfix, class_postfix: output key suffixes.
+        threshold: binarise probability maps as ``mask > threshold`` first; ``None``: integer labels (see
+            :class:`ComponentBoxes`).
 
     Returns:
         the dictionary with the boxes and classes added.
+
+    Raises:
+        ValueError: ``threshold`` is None and a mask has non-integer values.
 
     Example:
         >>> d = ComponentBoxesd("label", min_size=1)({"label": np.ones((1, 4, 4))})
         >>> d["label_boxes"].tolist(), d["label_classes"].tolist()
         ([[0, 0, 4, 4]], [1])
+        >>> d = ComponentBoxesd("prob", min_size=1, threshold=0.5)({"prob": np.full((1, 4, 4), 0.8)})
+        >>> d["prob_boxes"].tolist()
+        [[0, 0, 4, 4]]
     """
 
     backend = ComponentBoxes.backend
@@ -58,9 +66,10 @@ class ComponentBoxesd(MapTransform):
         box_postfix: str = "boxes",
         class_postfix: str = "classes",
         allow_missing_keys: bool = False,
+        threshold: float | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.op = ComponentBoxes(connectivity, min_size)
+        self.op = ComponentBoxes(connectivity, min_size, threshold)
         self.box_postfix, self.class_postfix = box_postfix, class_postfix
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:

@@ -118,7 +118,9 @@ def patch_sample_coords(
     for a, (s, o) in enumerate(zip(patch_size, output_size)):
         g = centers[:, a] - (o // 2) + (o - 1) / 2.0
         j = torch.arange(o, dtype=torch.float64, device=centers.device)
-        x0 = g[:, None] - s / 2.0 + (j[None] + 0.5) * (s / o)
+        # g - s/2 + (j + 0.5) * s/o written as one correctly rounded quotient of whole numbers: exact whenever the
+        # position is a whole or half pixel, so the centre sample of an odd output_size is the centre pixel itself
+        x0 = g[:, None] + (2.0 * j[None] + 1.0 - o) * s / (2.0 * o)
         coords.append((x0 - (f - 1) / 2.0) / f)
     return coords
 

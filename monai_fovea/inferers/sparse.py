@@ -46,6 +46,11 @@ class SparseInferer(Inferer):
     a MetaTensor's meta kept) or a :class:`SparseVolume` (→ ``SparseVolume``); ``network`` maps a spconv
     ``SparseConvTensor`` to one (a :class:`~monai_fovea.networks.SparseAsDense` wrapper is unwrapped).
 
+    Raises:
+        ValueError: (call) the input has no active voxel at all ("no active voxels: the input mask is empty"):
+            there is nothing to infer, and an all-background answer would hide a wrong mask or threshold upstream.
+            (Inside a batch, a volume may be empty if another one is not: it gets ``background``.)
+
     Example::
 
         inferer = SparseInferer(memory_budget_voxels=200_000, overlap=16)
@@ -78,6 +83,7 @@ class SparseInferer(Inferer):
 
     def __call__(self, inputs: Any, network: Any, *args: Any, **kwargs: Any) -> Any:
         from monai_fovea.networks.sparse_as_dense import SparseAsDense
+        from monai_fovea.networks.sparse_blocks import EMPTY_INPUT_MESSAGE
 
         threshold, background = self.threshold, self.background
         if isinstance(network, SparseAsDense):
@@ -91,6 +97,12 @@ class SparseInferer(Inferer):
             active = (x > threshold).any(1)
             idx = torch.nonzero(active).int()
             vol = SparseVolume(idx, x.movedim(1, -1)[active].float(), tuple(x.shape[2:]), None, x.shape[0])
+        if vol.num_active == 0:
+            shape = "x".join(map(str, vol.spatial_shape))
+            why = "the SparseVolume has no coordinates" if isinstance(inputs, SparseVolume) else (
+                f"no voxel of the {shape} input is > threshold {threshold}")
+            raise ValueError(f"SparseInferer: {EMPTY_INPUT_MESSAGE} ({why}). Check the mask and the threshold that "
+                             "select the active voxels.")
         out_device = self.device or vol.coords.device
         coords, feats = self._run(vol, network, getattr(network, "total_stride", 1), *args, **kwargs)
         coords, feats = coords.to(out_device), feats.to(out_device)

@@ -16,7 +16,12 @@ class SparseAsDense(nn.Module):
     The voxels where any input channel is ``> threshold`` become the active set (features = the channel values);
     the wrapped network's sparse output is scattered back onto the dense grid, with ``background`` at the voxels it
     did not produce. Use a negative ``background`` (e.g. ``-20``) for occupancy logits, so that an absent voxel reads
-    as "empty" after a sigmoid or ``> 0``. An all-empty input gives an all-``background`` output.
+    as "empty" after a sigmoid or ``> 0``.
+
+    An all-empty input (no voxel ``> threshold``) gives an all-``background`` output without calling the network
+    (spconv cannot run on an empty set): the windows of a sliding-window inferer or the volumes of a batch may
+    legitimately be empty. A whole input that must not be empty is refused upstream: ``SparseInferer`` raises a
+    ``ValueError`` on it, and the bundles refuse an empty mask naming the file.
 
     Args:
         net: a sparse network (``SparseConvTensor`` → ``SparseConvTensor``), e.g. ``SparseUNet`` or
@@ -24,6 +29,11 @@ class SparseAsDense(nn.Module):
         threshold: activity threshold of the dense input.
         background: value written where the network produced no voxel.
         out_channels: channels of the output (needed for empty inputs); taken from ``net.out_channels`` or 1.
+
+    Raises:
+        TypeError: (forward) the input is a spconv ``SparseConvTensor`` or a ``SparseVolume`` (give those to the
+            wrapped network itself) rather than a dense tensor.
+        ValueError: (forward) the input is not ``[B, C, *S]``.
 
     Example::
 
@@ -40,6 +50,11 @@ class SparseAsDense(nn.Module):
         self.out_channels = out_channels or getattr(net, "out_channels", 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) and hasattr(x, "spatial_shape"):
+            raise TypeError(
+                f"SparseAsDense takes a dense [B, C, *S] tensor, got {type(x).__name__}: pass sparse inputs to the "
+                "wrapped network (SparseAsDense(...).net) directly, or densify them first (SparseToDense)."
+            )
         if hasattr(x, "as_tensor"):  # MetaTensor: spconv wants plain tensors; meta is the caller's to keep
             x = x.as_tensor()
         x = torch.as_tensor(x)

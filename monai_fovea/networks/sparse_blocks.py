@@ -14,11 +14,58 @@ from torch import nn
 from monai_fovea.data.sparse_volume import linear_index
 from monai_fovea.networks._spconv import require_spconv
 
-__all__ = ["VoxelBatchNorm", "sparse_conv_bn_relu", "algorithm_for_device", "sparse_union", "select_voxels", "with_spatial_shape", "dense_to_spconv",
+__all__ = ["check_sparse_input", "EMPTY_INPUT_MESSAGE", "VoxelBatchNorm", "sparse_conv_bn_relu", "algorithm_for_device", "sparse_union", "select_voxels", "with_spatial_shape", "dense_to_spconv",
            "spconv_to_dense", "round_up_shape"]
 
 _CONV_KIND = {"subm": "SubMConv{}d", "down": "SparseConv{}d", "inverse": "SparseInverseConv{}d",
               "transpose": "SparseConvTranspose{}d"}
+
+
+#: the one wording of "nothing to compute on", shared by the sparse networks and ``SparseInferer``
+EMPTY_INPUT_MESSAGE = "no active voxels: the input mask is empty"
+
+
+def check_sparse_input(x: Any, network: str) -> None:
+    """Refuse what a sparse network cannot run on, with a message that says what to pass instead.
+
+    spconv's own errors for these inputs are "'Tensor' object has no attribute 'spatial_shape'" (a dense tensor)
+    and an internal C++ assert "tensor must not empty" (no active voxel).
+
+    Args:
+        x: the network's input, expected to be a ``spconv.pytorch.SparseConvTensor``.
+        network: the network's name, for the message.
+
+    Raises:
+        TypeError: ``x`` is a dense tensor, a ``SparseVolume`` or anything else that is not a ``SparseConvTensor``.
+        ValueError: ``x`` has no active voxel.
+
+    Example:
+        >>> try:
+        ...     check_sparse_input(torch.zeros(1, 1, 4, 4, 4), "SparseUNet")
+        ... except TypeError as err:
+        ...     print(str(err).split(",")[0])
+        SparseUNet takes a spconv SparseConvTensor
+    """
+    from monai_fovea.data.sparse_volume import SparseVolume
+
+    if isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{network} takes a spconv SparseConvTensor, got a dense torch.Tensor of shape {tuple(x.shape)}. "
+            f"Wrap the network as SparseAsDense({network}(...)) to pass dense [B, C, *S] tensors, or convert the "
+            "image first: ToSparse()(img).to_spconv() (a SparseVolume's .to_spconv())."
+        )
+    if isinstance(x, SparseVolume):
+        raise TypeError(f"{network} takes a spconv SparseConvTensor, got a SparseVolume: pass volume.to_spconv().")
+    if not all(hasattr(x, a) for a in ("features", "indices", "spatial_shape")):
+        raise TypeError(
+            f"{network} takes a spconv SparseConvTensor, got {type(x).__name__}. Build one with "
+            "ToSparse()(img).to_spconv(), or wrap the network as SparseAsDense(...) for dense tensors."
+        )
+    if x.features.shape[0] == 0:
+        raise ValueError(
+            f"{network}: {EMPTY_INPUT_MESSAGE} (0 of {'x'.join(str(int(s)) for s in x.spatial_shape)} voxels active). "
+            "Check the mask/threshold that built the input; SparseAsDense returns its background for empty inputs."
+        )
 
 
 class VoxelBatchNorm(nn.BatchNorm1d):

@@ -17,6 +17,7 @@ from torch import nn
 from monai_fovea.data.sparse_volume import linear_index
 from monai_fovea.networks._spconv import require_spconv
 from monai_fovea.networks.sparse_blocks import (
+    check_sparse_input,
     round_up_shape,
     select_voxels,
     sparse_conv_bn_relu,
@@ -53,6 +54,11 @@ class SparseCompletionNet(nn.Module):
     Forward: ``SparseConvTensor`` → ``SparseConvTensor`` of occupancy logits ``[N, 1]`` on the generated voxels
     (same spatial shape). :meth:`forward_levels` also returns every level's logits; :meth:`loss` is the seed's
     multi-level BCE.
+
+    Raises:
+        TypeError: (forward, loss) the input is a dense tensor or anything but a ``SparseConvTensor``; the message
+            says to wrap the network in ``SparseAsDense`` or convert with ``ToSparse``.
+        ValueError: (forward, loss) the input has no active voxel ("no active voxels: the input mask is empty").
 
     Example::
 
@@ -98,7 +104,12 @@ class SparseCompletionNet(nn.Module):
             x: the input ``SparseConvTensor``.
             target: int coordinates ``[N, 1 + ndim]`` (batch first) of the ground-truth voxels at full resolution;
                 in training mode their voxels are kept through pruning at every level.
+
+        Raises:
+            TypeError: ``x`` is not a ``SparseConvTensor``.
+            ValueError: ``x`` has no active voxel.
         """
+        check_sparse_input(x, type(self).__name__)
         in_shape = [int(s) for s in x.spatial_shape]
         shape = round_up_shape(in_shape, self.total_stride)
         h = self.stem(with_spatial_shape(x, shape))

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from monai_fovea.networks._spconv import require_spconv
-from monai_fovea.networks.sparse_blocks import algorithm_for_device, round_up_shape, sparse_conv_bn_relu, with_spatial_shape
+from monai_fovea.networks.sparse_blocks import (
+    algorithm_for_device,
+    check_sparse_input,
+    round_up_shape,
+    sparse_conv_bn_relu,
+    with_spatial_shape,
+)
 
 __all__ = ["SparseUNet"]
 
@@ -36,6 +42,11 @@ class SparseUNet(nn.Module):
     Forward: a ``spconv.pytorch.SparseConvTensor`` → a ``SparseConvTensor`` with the same active set (same indices,
     same order) and ``out_channels`` features. Use :class:`~monai_fovea.networks.sparse_as_dense.SparseAsDense` for
     dense tensors in and out.
+
+    Raises:
+        TypeError: (forward) the input is a dense tensor or anything but a ``SparseConvTensor``; the message says
+            to wrap the network in ``SparseAsDense`` or convert with ``ToSparse``.
+        ValueError: (forward) the input has no active voxel ("no active voxels: the input mask is empty").
 
     Example::
 
@@ -81,6 +92,7 @@ class SparseUNet(nn.Module):
         self.head.register_forward_pre_hook(algorithm_for_device)
 
     def forward(self, x: Any) -> Any:
+        check_sparse_input(x, type(self).__name__)
         in_shape = [int(s) for s in x.spatial_shape]
         # a strided conv drops voxels beyond the last full window: pad the grid to a multiple of the total stride
         h = with_spatial_shape(x, round_up_shape(in_shape, self.total_stride))

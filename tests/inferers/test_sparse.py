@@ -72,3 +72,24 @@ def test_dense_metatensor_keeps_meta_and_generative_net_runs_in_one_pass():
 def test_bad_budget_is_named():
     with pytest.raises(ValueError, match="memory_budget_voxels"):
         SparseInferer(memory_budget_voxels=0)
+
+
+@pytest.mark.parametrize("wrap", [True, False])
+def test_an_all_empty_input_is_a_value_error(wrap):
+    net = _bounded_unet()
+    network = SparseAsDense(net, threshold=0.1, background=-5.0) if wrap else net
+    x = torch.zeros(1, 1, 12, 12, 12)
+    x[0, 0, 3, 3, 3] = 0.05  # below SparseAsDense's threshold
+    with pytest.raises(ValueError, match=r"no active voxels: the input mask is empty .*12x12x12"):
+        SparseInferer(threshold=0.1)(x, network)
+    with pytest.raises(ValueError, match="SparseVolume has no coordinates"):
+        SparseInferer()(SparseVolume(torch.zeros(0, 4, dtype=torch.int32), torch.zeros(0, 1), (12, 12, 12)), net)
+
+
+def test_an_empty_volume_next_to_a_full_one_gets_the_background():
+    x = torch.cat([_shell(16), torch.zeros(1, 1, 16, 16, 16)])
+    with torch.no_grad():
+        out = SparseInferer()(x, SparseAsDense(_bounded_unet(), background=-5.0))
+    assert out.shape == (2, 2, 16, 16, 16)
+    assert bool((out[1] == -5.0).all())
+    assert bool((out[0][:, _shell(16)[0, 0] > 0] != -5.0).any())

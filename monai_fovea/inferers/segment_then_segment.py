@@ -9,6 +9,7 @@ full-resolution mask.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,7 +22,61 @@ from tqdm.auto import tqdm
 
 from monai_fovea.transforms.boxes.functional import component_boxes, crop_resize_boxes, expand_boxes, paste_boxes
 
-__all__ = ["SegmentThenSegmentInferer", "downscale_image", "downscale_label"]
+__all__ = ["SegmentThenSegmentInferer", "downscale_image", "downscale_label", "NAN_POLICIES", "fill_non_finite"]
+
+NAN_POLICIES = ("error", "fill")
+
+
+def fill_non_finite(
+    images: torch.Tensor, value: float | None = None, policy: str = "fill"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check a batch ``[B, C, *S]`` for NaN/inf and, with ``policy="fill"``, replace them.
+
+    A network turns one NaN into NaN over its whole receptive field and every comparison with NaN is False, so an
+    image with a NaN region would silently give an empty (or holed) mask.
+
+    Args:
+        images: float batch ``[B, C, *S]``.
+        value: the replacement; ``None`` = the finite minimum of each image and channel (background for most
+            modalities after normalisation).
+        policy: ``"error"`` (raise on any non-finite value) or ``"fill"``.
+
+    Returns:
+        ``(filled, non_finite)``: the batch with non-finite values replaced (the input itself when there are none)
+        and the bool ``[B, 1, *S]`` map of pixels with a non-finite value in any channel (``None`` when none).
+
+    Raises:
+        ValueError: ``policy="error"`` and the batch has a non-finite value (the message gives the count and says to
+            pass ``nan_policy="fill"``); ``policy="fill"`` without ``value`` and an image channel with no finite value;
+            an unknown ``policy``.
+
+    Example:
+        >>> x = torch.tensor([[[[0.25, float("nan")], [0.75, 0.5]]]])
+        >>> filled, bad = fill_non_finite(x)
+        >>> filled[0, 0].tolist(), bad[0, 0].tolist()
+        ([[0.25, 0.25], [0.75, 0.5]], [[False, True], [False, False]])
+    """
+    if policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}.")
+    finite = torch.isfinite(images)
+    if bool(finite.all()):
+        return images, None
+    count, total = int((~finite).sum()), finite.numel()
+    if policy == "error":
+        raise ValueError(
+            f"the image has {count} non-finite values (NaN or inf) of {total} ({100 * count / total:.2f}%): "
+            "a NaN spreads through the networks and would give an empty or holed mask. Pass nan_policy='fill' to "
+            "segment the rest of the image (those pixels are then 0 in the mask), or fix the input."
+        )
+    if value is None:
+        flat = torch.where(finite, images, torch.full_like(images, torch.inf)).flatten(2)
+        low = flat.min(dim=2).values  # [B, C]
+        if not bool(torch.isfinite(low).all()):
+            raise ValueError("nan_policy='fill': an image channel has no finite value at all; there is nothing to segment.")
+        fill = low.reshape(*low.shape, *([1] * (images.ndim - 2))).expand_as(images)
+    else:
+        fill = torch.full_like(images, float(value))
+    return torch.where(finite, images, fill), (~finite).any(dim=1, keepdim=True)
 
 
 def downscale_image(img: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -85,6 +140,19 @@ class SegmentThenSegmentInferer(Inferer):
             at least ``coarse_min_side`` per axis), so that images of any size are downscaled as in training.
         coarse_min_side: smallest coarse side with ``coarse_scale`` (a U-Net with 4 downsamplings and instance
             norm needs 32).
+        nan_policy: non-finite (NaN / inf) input values: ``"error"`` (default) raises a ``ValueError`` giving their
+            count; ``"fill"`` replaces them by ``nan_fill`` before both networks and sets their pixels to 0 in the
+            mask, so the rest of the image is segmented as it would be without them.
+        nan_fill: the value that replaces non-finite values with ``nan_policy="fill"``; ``None`` = the finite
+            minimum of each image and channel.
+
+    A constant image (every value equal, e.g. all zeros) has nothing to segment: its mask is empty and a
+    ``UserWarning`` says so (the networks are not trusted on it: a constant input gives them no contrast).
+
+    Raises:
+        ValueError: (call) non-finite input values with ``nan_policy="error"``; inputs that are not
+            ``[B, C, *S]`` tensors with 2 or 3 spatial dims. (Construction) an unknown ``nan_policy``, ``fallback``
+            or ``reduction``.
 
     Returns:
         ``__call__(inputs [B, C, *S], coarse_net, fine_net)`` → float mask ``[B, 1, *S]`` of 0/1 (a MetaTensor with
@@ -94,7 +162,7 @@ class SegmentThenSegmentInferer(Inferer):
     Example:
         >>> net = torch.nn.Conv2d(1, 1, 1)
         >>> inferer = SegmentThenSegmentInferer(coarse_size=16, fine_size=16)
-        >>> inferer(torch.zeros(1, 1, 64, 64), net, net).shape
+        >>> inferer(torch.rand(1, 1, 64, 64), net, net).shape
         torch.Size([1, 1, 64, 64])
     """
 
@@ -119,8 +187,12 @@ class SegmentThenSegmentInferer(Inferer):
         activation: str | Callable | None = "sigmoid",
         coarse_scale: float | Sequence[float] | None = None,
         coarse_min_side: int = 32,
+        nan_policy: str = "error",
+        nan_fill: float | None = None,
     ) -> None:
         super().__init__()
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}.")
         if fallback not in ("empty", "fine_on_whole"):
             raise ValueError(f"fallback must be 'empty' or 'fine_on_whole', got {fallback!r}.")
         if reduction not in ("max", "mean"):
@@ -137,6 +209,7 @@ class SegmentThenSegmentInferer(Inferer):
         self.square, self.relative_margin, self.reduction = square, relative_margin, reduction
         self.coarse_roi_size, self.coarse_min_side = coarse_roi_size, coarse_min_side
         self.activation = _activation(activation)
+        self.nan_policy, self.nan_fill = nan_policy, nan_fill
         self.last_boxes: list[torch.Tensor] = []
 
     def _sizes(self, ndim: int, spatial: Sequence[int] | None = None) -> tuple[tuple[int, ...], tuple[int, ...], int]:
@@ -172,12 +245,16 @@ class SegmentThenSegmentInferer(Inferer):
             float 0/1 mask ``[B, 1, *S]``.
         """
         data = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        data, non_finite = fill_non_finite(data.float(), self.nan_fill, self.nan_policy)
         sw_device = self.sw_device if self.sw_device is not None else data.device
-        prob = self.coarse_probabilities(data.float().to(sw_device), coarse_net)
+        prob = self.coarse_probabilities(data.to(sw_device), coarse_net)
         mode = "bilinear" if data.ndim == 4 else "trilinear"
         up = F.interpolate(prob, size=tuple(data.shape[2:]), mode=mode, align_corners=False)
         device = self.device if self.device is not None else data.device
-        return (up > self.threshold).float().to(device)
+        mask = (up > self.threshold).float().to(device)
+        if non_finite is not None:
+            mask[non_finite.to(device)] = 0.0
+        return mask
 
     def boxes_from_coarse(self, coarse_prob: torch.Tensor, image_size: Sequence[int]) -> np.ndarray:
         """Full-resolution crop boxes ``[K, 2 * ndim]`` of one coarse probability map ``[1, *coarse_size]``."""
@@ -209,11 +286,23 @@ class SegmentThenSegmentInferer(Inferer):
         device = self.device if self.device is not None else inputs.device
         sw_device = self.sw_device if self.sw_device is not None else inputs.device
         data = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        data = data.float()
+        data, non_finite = fill_non_finite(data.float(), self.nan_fill, self.nan_policy)
         spatial = tuple(int(s) for s in data.shape[2:])
+        flat = data.flatten(1)
+        constant = (flat.amax(dim=1) == flat.amin(dim=1)).tolist()
         coarse_prob = self.coarse_probabilities(data.to(sw_device), coarse_net).to(device)
         masks, all_boxes = [], []
         for b in range(data.shape[0]):
+            if constant[b]:
+                warnings.warn(
+                    f"SegmentThenSegmentInferer: image {b} of the batch is constant (every value is "
+                    f"{float(flat[b, 0]):g}): nothing to segment, returning an empty mask.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                masks.append(torch.zeros((1, *spatial), device=device))
+                all_boxes.append(torch.zeros((0, 2 * len(spatial)), dtype=torch.int64))
+                continue
             image = data[b].to(device)
             boxes = self.boxes_from_coarse(coarse_prob[b], spatial)
             if len(boxes) == 0 and self.fallback == "fine_on_whole":
@@ -226,6 +315,8 @@ class SegmentThenSegmentInferer(Inferer):
                 masks.append((fused > self.threshold).float())
             all_boxes.append(torch.as_tensor(boxes, dtype=torch.int64))
         mask = torch.stack(masks)
+        if non_finite is not None:
+            mask[non_finite.to(device)] = 0.0  # no answer where the image had none
         if isinstance(inputs, MetaTensor):
             mask = MetaTensor(mask, meta=inputs.meta, applied_operations=[])
             mask.is_batch = inputs.is_batch

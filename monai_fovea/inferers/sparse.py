@@ -113,8 +113,11 @@ class SparseInferer(Inferer):
         return MetaTensor(dense, meta=dict(inputs.meta)) if isinstance(inputs, MetaTensor) else dense
 
     def _call_net(self, network: Any, vol: SparseVolume, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        from monai_fovea.networks._spconv import deterministic_threads
+
         run_device = self.sw_device or vol.coords.device
-        out = network(vol.to(run_device).to_spconv(), *args, **kwargs)
+        with deterministic_threads(run_device):  # bit-identical outputs run after run on CPU
+            out = network(vol.to(run_device).to_spconv(), *args, **kwargs)
         return out.indices, out.features
 
     def _run(self, vol: SparseVolume, network: Any, align: int, *args: Any, **kwargs: Any):

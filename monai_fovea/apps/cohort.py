@@ -1,0 +1,189 @@
+"""Cohort inference with MONAI's engine: one bad file never stops a batch, and every failure is reported.
+
+A bundle's ``inference.json`` runs ``CohortEvaluator`` (a MONAI :class:`~monai.engines.SupervisedEvaluator`) over a
+:class:`FailSafeDataset` built from :func:`monai_fovea.data.datalist.inference_datalist`:
+
+* a file that cannot be read or preprocessed (corrupt, truncated, wrong content) becomes a *failed item* instead
+  of an exception in the data loader;
+* inference and postprocessing (which writes the outputs) run per batch inside a ``try``: a failure is recorded
+  with the file name and the loop goes on;
+* ``report()`` (the config's last ``run`` step) prints one line per failed file and exits with status 1 when any
+  failed, so shell scripts and schedulers see it.
+
+:func:`install_excepthook` makes any other bundle failure end with one line naming its root cause (MONAI wraps
+every config error in "Failed to evaluate ConfigExpression", with the cause ~40 lines higher).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.data import Dataset, decollate_batch
+from monai.engines import SupervisedEvaluator
+from monai.engines.utils import engine_apply_transform
+
+__all__ = ["FailSafeDataset", "CohortEvaluator", "root_cause", "torch_device", "install_excepthook", "FAILED_KEY"]
+
+logger = logging.getLogger(__name__)
+
+#: key of a failed item's error message
+FAILED_KEY = "failed"
+
+
+def root_cause(exc: BaseException) -> str:
+    """``"Type: message"`` of the innermost exception of ``exc``'s ``__cause__``/``__context__`` chain, one line.
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise ValueError("bad header")
+        ...     except ValueError as e:
+        ...         raise RuntimeError("applying transform") from e
+        ... except RuntimeError as e:
+        ...     root_cause(e)
+        'ValueError: bad header'
+    """
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class FailSafeDataset(Dataset):
+    """A MONAI ``Dataset`` whose items that fail to load or transform become ``{"failed": "...", "source": path}``.
+
+    Use with ``batch_size=1`` (a failed item cannot be collated with good ones).
+
+    Example:
+        >>> ds = FailSafeDataset([{"image": "broken.nii.gz"}], transform=LoadImaged("image"))  # doctest: +SKIP
+        >>> ds[0]["failed"]  # doctest: +SKIP
+        'EOFError: Compressed file ended before the end-of-stream marker was reached'
+    """
+
+    def __init__(self, data: Sequence, transform: Callable | None = None, source_key: str = "image") -> None:
+        super().__init__(data, transform)
+        self.source_key = source_key
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as exc:  # noqa: BLE001 - any failure of one file is reported, never fatal for the batch
+            item = self.data[index]
+            source = item.get(self.source_key, str(index)) if isinstance(item, dict) else str(item)
+            return {FAILED_KEY: root_cause(exc), "source": str(source)}
+
+
+def _sources(batch: Any, key: str) -> list[str]:
+    if isinstance(batch, dict):
+        if "source" in batch:
+            return [str(s) for s in batch["source"]]
+        img = batch.get(key)
+        names = getattr(img, "meta", {}).get("filename_or_obj") if img is not None else None
+        if names is not None:
+            return [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+    return ["<unknown input>"]
+
+
+class CohortEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` for inference over a cohort of files: failures are recorded per file, not raised.
+
+    Same arguments as MONAI's ``SupervisedEvaluator``; ``postprocessing`` (which writes the outputs) is applied
+    per item inside the failure guard. After ``run()``: ``failures`` (``[(file, "Type: message")]``) and
+    ``outputs`` (the postprocessed items' ``*_file`` entries). ``report()`` prints the summary and raises
+    ``SystemExit(1)`` when any file failed.
+
+    Example (the bundles' ``evaluator``):
+        >>> ev = CohortEvaluator(device, val_data_loader=loader, network=net, inferer=inferer,
+        ...                      postprocessing=post)  # doctest: +SKIP
+        >>> ev.run(); ev.report()  # doctest: +SKIP
+    """
+
+    def __init__(self, *args: Any, postprocessing: Callable | None = None, source_key: str = "image", **kwargs: Any) -> None:
+        super().__init__(*args, postprocessing=None, **kwargs)
+        self.cohort_postprocessing = postprocessing
+        self.source_key = source_key
+        self.failures: list[tuple[str, str]] = []
+        self.outputs: list[dict[str, str]] = []
+        self.processed = 0
+
+    def _iteration(self, engine: Any, batchdata: dict[str, Any]) -> dict:
+        sources = _sources(batchdata, self.source_key)
+        if isinstance(batchdata, dict) and FAILED_KEY in batchdata:
+            for src, msg in zip(sources, batchdata[FAILED_KEY]):
+                self._fail(src, msg)
+            return {}
+        try:
+            output = super()._iteration(engine, batchdata)
+            if self.cohort_postprocessing is not None:
+                # MONAI's engine may have decollated already (decollate=True); either way: one item at a time
+                items = output if isinstance(output, list) else decollate_batch(output, detach=True)
+                for b, o in zip(decollate_batch(batchdata, detach=True), items):
+                    b, o = engine_apply_transform(b, o, self.cohort_postprocessing)
+                    self.outputs.append({k: v for k, v in {**b, **o}.items() if str(k).endswith("_file")})
+                    for k, v in self.outputs[-1].items():
+                        logger.info("%s: wrote %s", sources[0], v)
+            self.processed += len(sources)
+            return output
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the cohort
+            for src in sources:
+                self._fail(src, root_cause(exc))
+            return {}
+
+    def _fail(self, source: str, message: str) -> None:
+        self.failures.append((source, message))
+        logger.error("%s: %s", source, message)
+
+    def report(self) -> dict[str, Any]:
+        """Print what was written and one line per failed file; ``SystemExit(1)`` when any failed."""
+        total = self.processed + len(self.failures)
+        written = [v for o in self.outputs for v in o.values()]
+        print(f"monai_fovea: {self.processed} of {total} input(s) done, {len(written)} file(s) written")
+        if self.failures:
+            for source, message in self.failures:
+                print(f"FAILED {source}: {message}", file=sys.stderr)
+            raise SystemExit(f"monai_fovea: {len(self.failures)} of {total} input(s) failed (listed above)")
+        return {"processed": self.processed, "written": written}
+
+
+def torch_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, refusing a CUDA device that this torch cannot use with a message saying what to do.
+
+    Example:
+        >>> torch_device("cpu")
+        device(type='cpu')
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise RuntimeError(
+            f"--device {device}: torch {torch.__version__} ({build}) sees no CUDA GPU; run with --device cpu, "
+            "or install the CUDA build of torch (README, GPU install)"
+        )
+    return dev
+
+
+def install_excepthook() -> None:
+    """Make an uncaught exception end with one line naming its root cause, after the usual traceback.
+
+    Called from the bundles' ``initialize``; idempotent.
+    """
+    if getattr(sys.excepthook, "_monai_fovea", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):  # type: ignore[no-untyped-def]
+        previous(exc_type, exc, tb)
+        if exc is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            print(f"ERROR (monai_fovea): {root_cause(exc)}", file=sys.stderr)
+
+    hook._monai_fovea = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

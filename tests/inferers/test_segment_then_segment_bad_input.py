@@ -131,3 +131,17 @@ def test_a_constant_image_in_a_batch_does_not_change_the_others():
         mask = SegmentThenSegmentInferer(coarse_size=16, fine_size=16)(img, ThresholdNet(), ThresholdNet())
     assert torch.equal(mask[0], (_squares()[0] > 0.5).float())
     assert int(mask[1].sum()) == 0
+
+
+@pytest.mark.parametrize("value", [0.0, 1234.0])
+def test_constant_image_through_the_bundle_normalisation_is_zeros_then_an_empty_mask(value):
+    # the only intensity normalisation of the package is apps.segment_then_segment.normalize_intensity (MONAI's
+    # ScaleIntensityRangePercentiles): a constant image has equal percentiles and maps to zeros, not noise
+    with pytest.warns(Warning, match="Divide by zero"):  # MONAI warns with the base Warning class
+        normalised = normalize_intensity(np.full((1, 48, 40), value, np.float32))
+    assert normalised.dtype == np.float32 and bool((normalised == 0).all())
+    with pytest.warns(UserWarning, match="is constant"):
+        mask = SegmentThenSegmentInferer(coarse_size=16, fine_size=16)(
+            torch.as_tensor(normalised)[None], ThresholdNet(), ThresholdNet()
+        )
+    assert mask.shape == (1, 1, 48, 40) and int(mask.sum()) == 0

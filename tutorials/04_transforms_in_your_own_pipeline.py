@@ -49,6 +49,7 @@ from monai.transforms import (
 )
 
 from monai_fovea.data import samples
+from monai_fovea.data.readers import TiffFileReader
 from monai_fovea.data.sparse_volume import SparseVolume, collate_sparse
 from monai_fovea.transforms import (
     ComponentBoxesd,
@@ -78,8 +79,10 @@ NUM_CENTERS = 8
 def foveation_pipeline(seed: int = 0) -> Compose:
     """H&E image + type map → ``{"image": [N, D, 3, 32, 32], "label": [N, D, 1, 32, 32], "centers": [N, 2]}``."""
     pipeline = Compose([
-        # PIL reads PNG and TIFF alike; reverse_indexing=False keeps the (row, col) order of the arrays
-        LoadImaged(["image", "label"], reader="PILReader", reverse_indexing=False, image_only=True),
+        # the H&E image is a PNG (PIL; reverse_indexing=False keeps the (row, col) order of the arrays), the type
+        # map a TIFF (TiffFileReader: its own dtype, (row, col) order, µm/px when the file has one)
+        LoadImaged("image", reader="PILReader", reverse_indexing=False, image_only=True),
+        LoadImaged("label", reader=TiffFileReader, image_only=True),
         EnsureChannelFirstd(["image", "label"]),
         ScaleIntensityd("image"),  # 0-255 → 0-1
         RandFoveationCentersd("image", stride=32, num_centers=NUM_CENTERS, label_key="label", balanced=True),
@@ -121,7 +124,7 @@ def boxes_pipeline() -> Compose:
     """Nuclei image + instance mask → ``{"image": [K, 1, 32, 32], "label": [K, 1, 32, 32],
     "label_boxes": [K, 4]}``."""
     return Compose([
-        LoadImaged(["image", "label"], reader="PILReader", reverse_indexing=False, image_only=True),
+        LoadImaged(["image", "label"], reader=TiffFileReader, image_only=True),  # both TIFF
         EnsureChannelFirstd(["image", "label"]),
         EnsureTyped(["image", "label"], dtype=torch.float32),
         ScaleIntensityRangePercentilesd("image", 1, 99.8, 0.0, 1.0, clip=True),

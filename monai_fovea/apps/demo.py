@@ -7,11 +7,12 @@ Usage::
 
 Each bundle runs exactly as a user would run it, in its own process::
 
-    python -m monai.bundle run --config_file bundles/<name>/configs/inference<suffix>.json --output_dir ... --device ...
+    python -m monai.bundle run --config_file bundles/<name>/configs/inference.json --output_dir ... --device ...
 
-for every ``inference*.json`` of the bundle (e.g. ``segment_then_segment``'s 2D ``inference.json`` and NIfTI
-``inference_3d.json``; outputs under ``<output_dir>/<name><suffix>/``), and the files it wrote are listed at the
-end. A run that fails makes the demo exit non-zero after the others ran.
+for ``inference.json`` and for each override file ``inference_<variant>.json`` layered on it (e.g.
+``segment_then_segment``'s NIfTI variant: ``--config_file "['inference.json', 'inference_3d.json']"``; outputs under
+``<output_dir>/<name><_variant>/``), and the files it wrote are listed at the end. A run that fails makes the demo
+exit non-zero after the others ran.
 """
 
 from __future__ import annotations
@@ -28,19 +29,21 @@ from .bundles import BUNDLES_DIR, available_bundles
 REPO_ROOT = BUNDLES_DIR.parent
 
 
-def inference_configs(name: str, bundles_dir: Path = BUNDLES_DIR) -> list[Path]:
-    """The bundle's ``configs/inference*.json`` files, ``inference.json`` first."""
-    configs = sorted((bundles_dir / name / "configs").glob("inference*.json"))
-    return sorted(configs, key=lambda p: p.name != "inference.json")
+def inference_configs(name: str, bundles_dir: Path = BUNDLES_DIR) -> list[list[Path]]:
+    """The bundle's inference runs: ``[inference.json]``, then ``[inference.json, inference_<v>.json]`` for each
+    override file (multi-GPU overrides excluded: they need ``torchrun``)."""
+    folder = bundles_dir / name / "configs"
+    base = folder / "inference.json"
+    variants = sorted(p for p in folder.glob("inference_*.json"))
+    return [[base]] + [[base, v] for v in variants]
 
 
-def run_bundle_inference(name: str, output_dir: Path, device: str, bundles_dir: Path = BUNDLES_DIR,
-                         config: str = "inference.json") -> int:
-    """Run one of the bundle's inference configs in a subprocess; returns its exit code."""
-    bundle = bundles_dir / name
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / config),
+def run_bundle_inference(name: str, output_dir: Path, device: str, configs: list[Path]) -> int:
+    """Run one of the bundle's inference config stacks in a subprocess; returns its exit code."""
+    config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg,
            "--output_dir", str(output_dir), "--device", device]
-    print(f"\n=== {name}/{config}: {' '.join(cmd)}", flush=True)
+    print(f"\n=== {name}/{'+'.join(c.name for c in configs)}: {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
@@ -61,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     failed, summary = [], []
     for name in names:
-        for config in inference_configs(name):
-            suffix = config.stem[len("inference"):]  # "" or e.g. "_3d"
+        for configs in inference_configs(name):
+            suffix = configs[-1].stem[len("inference"):]  # "" or e.g. "_3d"
             out = Path(args.output_dir) / f"{name}{suffix}"
             start = time.perf_counter()
-            rc = run_bundle_inference(name, out, args.device, config=config.name)
+            rc = run_bundle_inference(name, out, args.device, configs)
             elapsed = time.perf_counter() - start
             if rc != 0:
                 failed.append(f"{name}{suffix}")

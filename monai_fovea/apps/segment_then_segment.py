@@ -57,12 +57,9 @@ __all__ = [
     "train_net",
     "train",
     "evaluate",
-    "read_image_2d",
-    "segment_files",
     "AAL_STRUCTURES",
     "aal_structures_split",
     "default_input_3d",
-    "segment_volumes",
 ]
 
 
@@ -336,98 +333,11 @@ def train(
     return {"coarse": coarse_hist, "fine": fine_hist, "val": val}
 
 
-_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-
-
-def read_image_2d(path: str | Path) -> np.ndarray:
-    """A 2D image file (PNG, JPEG, TIFF) as ``float32 [C, H, W]`` (array order kept: row = H)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _IMAGE_SUFFIXES:
-        raise ValueError(f"input: {path.name} is not a 2D image ({', '.join(_IMAGE_SUFFIXES)}); this bundle is 2D.")
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        array = tifffile.imread(path)
-    else:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB") if img.mode in ("P", "CMYK", "RGBA", "LA") else img)
-    if array.ndim == 2:
-        array = array[None]
-    elif array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].transpose(2, 0, 1)
-    else:
-        raise ValueError(f"input: {path.name} has shape {array.shape}; expected [H, W] or [H, W, 3].")
-    return array.astype(np.float32)
-
-
-def segment_files(
-    input: str | Path,
-    output_dir: str | Path,
-    coarse_net: torch.nn.Module,
-    fine_net: torch.nn.Module,
-    inferer: SegmentThenSegmentInferer,
-    device: str | torch.device = "cpu",
-    in_channels: int = 1,
-) -> list[Path]:
-    """Segment every 2D image of ``input`` (file, folder or glob) and write ``<stem>_mask.<png|tif>`` (uint8,
-    255 = object, same size as the input) and ``<stem>_boxes.json`` (the fine crops' boxes) into ``output_dir``.
-
-    Images are normalised as in training (1st-99.8th percentile → [0, 1]); RGB input to a 1-channel model is
-    averaged to grey. Outputs are written atomically: a failing image leaves no file.
-
-    Returns:
-        the written mask paths.
-
-    Example:
-        >>> inferer = SegmentThenSegmentInferer(None, 64, coarse_scale=4)
-        >>> segment_files("cells/*.png", "masks", coarse, fine, inferer)  # doctest: +SKIP
-        [PosixPath('masks/a_mask.png'), PosixPath('masks/b_mask.png')]
-    """
-    import json
-
-    import tifffile
-
-    from monai_fovea.data.io import atomic_output, list_inputs, write_png
-
-    files = list_inputs(input, suffixes=list(_IMAGE_SUFFIXES))
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    coarse_net.to(device).eval()
-    fine_net.to(device).eval()
-    written = []
-    for path in tqdm(files, desc="segment-then-segment", disable=len(files) < 2):
-        image = read_image_2d(path)
-        if image.shape[0] != in_channels:
-            if in_channels == 1:
-                image = image.mean(0, keepdims=True)
-            else:
-                raise ValueError(f"input: {path.name} has {image.shape[0]} channels, the model expects {in_channels}.")
-        tensor = torch.as_tensor(normalize_intensity(image))[None].to(device)
-        mask, boxes = inferer(tensor, coarse_net, fine_net, return_boxes=True)
-        mask_np = (mask[0, 0].cpu().numpy() > 0).astype(np.uint8) * 255
-        stem = path.name.split(".")[0]
-        if path.suffix.lower() in (".tif", ".tiff"):
-            target = out_dir / f"{stem}_mask.tif"
-            with atomic_output(target) as tmp:
-                tifffile.imwrite(tmp, mask_np, photometric="minisblack")
-        else:
-            target = write_png(mask_np, out_dir / f"{stem}_mask.png")
-        with atomic_output(out_dir / f"{stem}_boxes.json") as tmp:
-            Path(tmp).write_text(json.dumps({"image": str(path), "boxes": boxes[0].tolist()}))
-        written.append(target)
-    return written
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # 3D: AAL small structures on the mri_ch2 T1 (data of train_3d.json / benchmarks/sts_accuracy_3d.py), NIfTI inference
 
 AAL_STRUCTURES = (41, 42, 75, 76, 79, 80)  # amygdala, pallidum, Heschl gyrus (left, right)
 _AAL_MARGIN = 8
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def _aal_halves() -> dict[str, dict]:
@@ -486,87 +396,28 @@ def aal_structures_split(part: str = "train") -> list[dict[str, np.ndarray]]:
 
 
 def default_input_3d(cache_dir: str | Path | None = None) -> str:
-    """Path of the 3D bundle's default input: the held-out (test, right hemisphere mirrored) T1 crop of
-    ``aal_structures_split``, raw intensities, with the affine mapping its voxels to their true world positions;
-    written once (with its ground-truth mask beside it, ``*_label.nii.gz``) into ``cache_dir`` (default: the sample
-    data folder's ``segment_then_segment/``).
+    """Path of the 3D bundle's default input: the held-out T1 crop of ``aal_structures_split("test")`` (the right
+    hemisphere mirrored into a left one, raw intensities), written once (with its ground-truth mask beside it,
+    ``*_label.nii.gz``) into ``cache_dir`` (default: the sample data folder's ``segment_then_segment/``).
+
+    Its affine is that of the mirror image (the right hemisphere's voxel positions reflected about the
+    mid-sagittal plane x = 0), so it is stored in the training frame (RAS, 1 mm) like the training half: a model
+    that brings its inputs into that frame sees what a left hemisphere looks like.
 
     Example:
         >>> default_input_3d()  # doctest: +SKIP
-        '/home/me/.cache/monai_fovea/segment_then_segment/mri_ch2_aal_test.nii.gz'
+        '/home/me/.cache/monai_fovea/segment_then_segment/mri_ch2_aal_heldout_mirrored.nii.gz'
     """
     from monai_fovea.data import samples
     from monai_fovea.data.io import write_nifti
 
     folder = Path(cache_dir) if cache_dir is not None else samples.data_dir() / "segment_then_segment"
-    path = folder / "mri_ch2_aal_test.nii.gz"
-    label_path = folder / "mri_ch2_aal_test_label.nii.gz"
+    path = folder / "mri_ch2_aal_heldout_mirrored.nii.gz"
+    label_path = folder / "mri_ch2_aal_heldout_mirrored_label.nii.gz"
     if not (path.is_file() and label_path.is_file()):
         test = _aal_halves()["test"]
+        affine = np.diag([-1.0, 1.0, 1.0, 1.0]) @ test["affine"]  # reflect the world: x -> -x
         folder.mkdir(parents=True, exist_ok=True)
-        write_nifti(test["item"]["label"][0].astype(np.uint8), label_path, test["affine"])
-        write_nifti(test["raw"].astype(np.uint8), path, test["affine"])  # the T1 sample is uint8
+        write_nifti(test["item"]["label"][0].astype(np.uint8), label_path, affine)
+        write_nifti(test["raw"].astype(np.uint8), path, affine)  # the T1 sample is uint8
     return str(path)
-
-
-def segment_volumes(
-    input: str | Path,
-    output_dir: str | Path,
-    coarse_net: torch.nn.Module,
-    fine_net: torch.nn.Module,
-    inferer: SegmentThenSegmentInferer,
-    device: str | torch.device = "cpu",
-    in_channels: int = 1,
-) -> list[Path]:
-    """Segment every NIfTI volume (``.nii``, ``.nii.gz``) of ``input`` (file, folder or glob) in 3D and write
-    ``<stem>_mask.nii.gz`` (uint8, 1 = object; the input's shape and affine) and ``<stem>_boxes.json`` (the fine
-    crops' boxes, ``[x0, y0, z0, x1, y1, z1]`` in voxels, end exclusive) into ``output_dir``.
-
-    Volumes are normalised as in training (1st-99.8th percentile → [0, 1]). A volume must be 3D ``[X, Y, Z]`` (or
-    ``[X, Y, Z, C]`` with ``C == in_channels`` > 1); every file is checked before anything is written. Outputs are
-    written atomically; inputs are only read.
-
-    Returns:
-        the written mask paths.
-
-    Example:
-        >>> inferer = SegmentThenSegmentInferer(None, 32, coarse_scale=2, coarse_roi_size=32)
-        >>> segment_volumes("scans/*.nii.gz", "masks", coarse, fine, inferer)  # doctest: +SKIP
-        [PosixPath('masks/a_mask.nii.gz'), PosixPath('masks/b_mask.nii.gz')]
-    """
-    import json
-
-    import nibabel as nib
-
-    from monai_fovea.data.io import atomic_output, file_stem, list_inputs, write_nifti
-
-    files = list_inputs(input, suffixes=list(_NIFTI_SUFFIXES))
-
-    def check(shape: tuple[int, ...], path: Path) -> None:
-        ok = len(shape) == 3 or (len(shape) == 4 and in_channels > 1 and shape[-1] == in_channels)
-        if not ok:
-            want = "[X, Y, Z]" if in_channels == 1 else f"[X, Y, Z, {in_channels}]"
-            raise ValueError(f"input: {path.name} has shape {tuple(shape)}; expected a 3D volume {want}.")
-
-    for path in files:  # all shapes checked before anything is written
-        check(tuple(nib.load(path).shape), path)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    coarse_net.to(device).eval()
-    fine_net.to(device).eval()
-    written = []
-    for path in tqdm(files, desc="segment-then-segment 3D", disable=len(files) < 2):
-        nii = nib.load(path)
-        data = np.asarray(nii.dataobj, dtype=np.float32)
-        check(data.shape, path)
-        image = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
-        tensor = torch.as_tensor(normalize_intensity(image))[None].to(device)
-        mask, boxes = inferer(tensor, coarse_net, fine_net, return_boxes=True)
-        mask_np = (mask[0, 0].cpu().numpy() > 0).astype(np.uint8)
-        stem = file_stem(path)
-        target = write_nifti(mask_np, out_dir / f"{stem}_mask.nii.gz", nii.affine, dtype=np.uint8)
-        with atomic_output(out_dir / f"{stem}_boxes.json") as tmp:
-            Path(tmp).write_text(json.dumps({"image": str(path), "boxes": boxes[0].tolist()}))
-        written.append(Path(target))
-    return written

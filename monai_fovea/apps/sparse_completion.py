@@ -54,7 +54,6 @@ __all__ = [
     "complete_skull",
     "train",
     "evaluate",
-    "run_inference",
     "superres_input",
     "train_superres",
     "superres",
@@ -378,35 +377,6 @@ def evaluate(model: torch.nn.Module, cases: Sequence[dict[str, Any]] | None = No
     means = {k: float(np.mean([r[k] for r in rows if math.isfinite(r[k])] or [float("nan")]))
              for k in ("dice", "border_dice", "hd95")}
     return {"cases": rows, "mean": means}
-
-
-def run_inference(input: str | os.PathLike, output_dir: str | os.PathLike, network: torch.nn.Module,
-                  device: str | torch.device = "cpu", inferer: Any = None) -> list[str]:
-    """Complete every defective skull NIfTI in ``input`` (file, folder or glob): writes ``<name>_implant.nii.gz``
-    and ``<name>_completed.nii.gz`` into ``output_dir`` with the input's affine (atomically). Inputs are read,
-    never modified. Returns the written paths."""
-    import nibabel as nib
-
-    from monai_fovea.data.io import file_stem, list_inputs, write_nifti
-
-    paths = list_inputs(input, suffixes=(".nii", ".nii.gz"))
-    network = network.to(device)
-    results = []
-    for path in paths:  # compute everything first: a failure on any input writes nothing
-        img = nib.load(str(path))
-        mask = np.asarray(img.dataobj)
-        if mask.ndim != 3:
-            raise ValueError(f"input: {path} must be a 3D skull mask, got shape {mask.shape}.")
-        implant, completed = complete_skull(network, mask > 0, device, inferer)
-        results.append((path, img.affine, implant, completed))
-    written = []
-    out = Path(output_dir)
-    for path, affine, implant, completed in results:
-        stem = file_stem(path)
-        for suffix, array in (("implant", implant), ("completed", completed)):
-            written.append(str(write_nifti(array.astype(np.uint8), out / f"{stem}_{suffix}.nii.gz", affine)))
-            logger.info("wrote %s", written[-1])
-    return written
 
 
 # --- super-resolution: the same generative machinery refines a coarse occupancy grid -------------------------

@@ -14,6 +14,7 @@ that no output is ever written for a run that was going to overwrite itself:
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -97,7 +98,8 @@ def inference_datalist(
         input: a file, a folder (its files), a glob pattern, or a list of those.
         output_dir: where the outputs go (created); stale temporaries of a killed run are removed from it.
         outputs: the output file names of one input as templates with ``{stem}``, e.g.
-            ``["{stem}_mask.nii.gz"]``; an input is skipped when all of them exist (unless ``overwrite``).
+            ``["{stem}_mask.nii.gz"]`` (``*`` allowed: ``"{stem}_mask.*"``); an input is skipped when all of
+            them exist (unless ``overwrite``).
         suffixes: input suffixes to keep (see :func:`monai_fovea.data.io.list_inputs`).
         overwrite: recompute inputs whose outputs exist.
         key: the item key of the input path.
@@ -123,7 +125,7 @@ def inference_datalist(
     remove_stale_temporaries(out)
     items, skipped = [], []
     for path, stem in zip(paths, stems):
-        done = all((out / t.format(stem=stem)).exists() for t in outputs)
+        done = all(any(out.glob(t.format(stem=glob.escape(stem)))) for t in outputs)
         if done and not overwrite:
             skipped.append(path)
             continue

@@ -279,7 +279,12 @@ class SegmentThenSegmentInferer(Inferer):
         return torch.cat(outs) if outs else crops.new_zeros((0, 1, *fine))
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, coarse_net: Callable, fine_net: Callable, return_boxes: bool = False):
+    def __call__(self, inputs: torch.Tensor, coarse_net: Callable, fine_net: Callable | None = None,
+                 return_boxes: bool = False):
+        if fine_net is None:  # one CoarseFineNet, as MONAI's engines pass it (inferer(inputs, network))
+            if not (hasattr(coarse_net, "coarse") and hasattr(coarse_net, "fine")):
+                raise TypeError("fine_net is required unless coarse_net is a CoarseFineNet (with .coarse and .fine)")
+            coarse_net, fine_net = coarse_net.coarse, coarse_net.fine
         if not isinstance(inputs, torch.Tensor) or inputs.ndim not in (4, 5):
             got = getattr(inputs, "shape", type(inputs))
             raise ValueError(f"inputs must be a [B, C, *spatial] tensor with 2 or 3 spatial dims, got {got}.")

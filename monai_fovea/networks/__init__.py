@@ -8,7 +8,10 @@ from .foveated_segmenter import FOVEATION_MODES, FoveatedSegmenter  # noqa: E402
 
 __all__ += ["FoveationHead", "FoveatedSegmenter", "FOVEATION_MODES"]
 
-# --- segment-then-segment (uses MONAI's own networks; nothing of its own yet) ---
+# --- segment-then-segment (MONAI's own networks, held as one module for MONAI's engines) ---
+from .coarse_fine import CoarseFineNet  # noqa: E402
+
+__all__ += ["CoarseFineNet"]
 
 # --- sparse (these modules must import spconv lazily, inside functions/constructors) ---
 from .sparse_as_dense import SparseAsDense  # noqa: E402

@@ -69,23 +69,3 @@ def test_segmentation_scores_hand_computed():
     assert torch.allclose(s["iou"], torch.tensor([2 / 4, 0.0, 1.0]))
     assert torch.allclose(s["precision"], torch.tensor([2 / 3, 1.0, 1.0]))
     assert torch.allclose(s["recall"], torch.tensor([2 / 3, 0.0, 1.0]))
-
-
-def test_segment_volumes_rejects_2d_nifti_and_writes_nothing(tmp_path):
-    import nibabel as nib
-    import pytest
-
-    from monai_fovea.apps.segment_then_segment import segment_volumes
-    from monai_fovea.inferers import SegmentThenSegmentInferer
-
-    flat = tmp_path / "slice.nii.gz"
-    nib.Nifti1Image(np.zeros((32, 32), np.float32), np.eye(4)).to_filename(flat)
-    net = torch.nn.Conv3d(1, 1, 1)
-    out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"input: slice\.nii\.gz .*3D"):
-        segment_volumes(flat, out, net, net, SegmentThenSegmentInferer(None, 32, coarse_scale=2))
-    assert not out.exists()
-    with pytest.raises(FileNotFoundError):  # no NIfTI at all
-        (tmp_path / "a.png").write_bytes(b"x")
-        segment_volumes(tmp_path / "a.png", out, net, net, SegmentThenSegmentInferer(None, 32, coarse_scale=2))
-    assert not out.exists()

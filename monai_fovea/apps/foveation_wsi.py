@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +30,8 @@ from monai.networks.nets import BasicUNet
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from monai_fovea.data.io import list_inputs, save_state_dict, write_png, write_pyramidal_tiff
-from monai_fovea.data.wsi import WSI_SUFFIXES, PyramidSlide
+from monai_fovea.data.io import save_state_dict
+from monai_fovea.data.wsi import PyramidSlide
 from monai_fovea.inferers.wsi_foveated import WSIFoveatedInferer
 from monai_fovea.metrics import iou_per_class
 from monai_fovea.networks import FoveatedSegmenter
@@ -45,11 +44,9 @@ __all__ = [
     "DenseFoveated",
     "train",
     "evaluate",
-    "segment_files",
 ]
 
 CLASS_NAMES = ("background", "tissue", "nuclei")
-TILE_SUFFIXES = (".png", ".jpg", ".jpeg")
 logger = logging.getLogger("monai_fovea.foveation_wsi")
 
 
@@ -302,86 +299,3 @@ def evaluate(
     out.write_text(json.dumps(result, indent=2))
     logger.info("held-out rows %d-%d: IoU %s, mean %.4f", r0, r1 - 1, result["iou"], result["mean_iou"])
     return result
-
-
-def _is_tile(path: Path) -> bool:
-    """PNG/JPEG, or a small (≤ 16 Mpx) TIFF with a single level: segmented as an in-memory tile. Larger or
-    multi-level TIFFs are slides, streamed."""
-    name = path.name.lower()
-    if name.endswith(TILE_SUFFIXES):
-        return True
-    if name.endswith((".tif", ".tiff")):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            return len(series.levels) == 1 and int(np.prod(series.shape[:2])) <= 16_000_000
-    return False
-
-
-def _read_tile(path: Path) -> np.ndarray:
-    if path.name.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        arr = tifffile.imread(path)
-    else:
-        from PIL import Image
-
-        arr = np.asarray(Image.open(path).convert("RGB"))
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, -1)
-    if arr.ndim != 3 or arr.shape[2] < 3:
-        raise ValueError(f"input tile {path} must be an RGB image, got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr.astype(np.float64) / max(float(arr.max()), 1.0) * 255, 0, 255).astype(np.uint8)
-    return arr
-
-
-def segment_files(
-    input: str | os.PathLike,
-    network: FoveatedSegmenter,
-    output_dir: str | os.PathLike,
-    backend: str = "openslide",
-    sw_batch_size: int = 32,
-    use_tissue_mask: bool = True,
-    device: str | torch.device = "cpu",
-    mpp: float = 0.499,
-) -> list[dict[str, Path]]:
-    """Segment every slide or tile named by ``input`` (file, folder or glob) into ``output_dir``.
-
-    Slides (pyramidal ``.svs``/``.tif``/…): ``<name>_label.tif`` (tiled pyramidal label mask, slide's size and
-    mpp), ``<name>_overlay.png`` and ``<name>_apsm.png``. Tiles (PNG/JPEG, single-level TIFF): ``<name>_mask.png``
-    (labels 0/1/2), ``<name>_overlay.png`` and ``<name>_apsm.png``; a tile is taken to be at ``mpp`` µm/px.
-    Every file is written under a temporary name and renamed when complete.
-
-    Raises:
-        FileNotFoundError: nothing matches ``input``.
-    """
-    files = list_inputs(input, suffixes=[*WSI_SUFFIXES, *TILE_SUFFIXES])
-    network = network.to(device).eval()
-    out_dir = Path(output_dir)
-    results = []
-    for path in files:
-        name = path.name.split(".")[0]
-        if _is_tile(path):
-            rgb = _read_tile(path)
-            with tempfile.TemporaryDirectory(prefix="fov_tile_") as tmp:
-                tif = write_pyramidal_tiff(rgb, Path(tmp) / f"{name}.tif", mpp=mpp, tile=256, levels=1, compression="lzw")
-                inferer = WSIFoveatedInferer(sw_batch_size, backend="tifffile", use_tissue_mask=False, sw_device=device)
-                paths = inferer(tif, network, Path(tmp) / "out", name=name)
-                import tifffile
-
-                labels = tifffile.imread(paths["label"])
-                res = {"mask": write_png(labels, out_dir / f"{name}_mask.png")}
-                from PIL import Image
-
-                for key in ("overlay", "apsm"):
-                    res[key] = write_png(np.asarray(Image.open(paths[key])), out_dir / paths[key].name)
-        else:
-            inferer = WSIFoveatedInferer(sw_batch_size, backend=backend, use_tissue_mask=use_tissue_mask, sw_device=device)
-            res = inferer(path, network, out_dir, name=name)
-        logger.info("%s -> %s", path, {k: str(v) for k, v in res.items()})
-        results.append(res)
-    return results
-

@@ -74,7 +74,8 @@ def test_inference_on_slide_and_tile(slide_crop, tmp_path, run_bundle):
     run_bundle(NAME, "inference.json", input=str(slide_crop), output_dir=str(out), device="cpu")
     assert _digest(slide_crop) == before  # inputs untouched
     assert sorted(p.name for p in out.iterdir()) == [
-        "crop_apsm.png", "crop_label.tif", "crop_overlay.png", "tile_apsm.png", "tile_mask.png", "tile_overlay.png",
+        "crop.geojson", "crop_apsm.png", "crop_label.tif", "crop_overlay.png",
+        "tile.geojson", "tile_apsm.png", "tile_mask.png", "tile_overlay.png",
     ]  # no temporary files left behind
     label_slide = openslide.OpenSlide(str(out / "crop_label.tif"))
     assert label_slide.dimensions == (384, 512)
@@ -95,15 +96,55 @@ def test_inference_on_slide_and_tile(slide_crop, tmp_path, run_bundle):
     assert np.asarray(Image.open(out / "crop_overlay.png")).shape == (512, 384, 3)
 
 
-def test_failing_run_leaves_no_output(tmp_path):
+def test_missing_input_is_named_in_the_last_line(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
-           "--bundle_root", str(BUNDLE), "--input", str(tmp_path / "missing.svs"), "--output_dir", str(out)]
+           "--input", str(tmp_path / "missing.svs"), "--output_dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
-    assert "missing.svs" in proc.stdout + proc.stderr  # the error names the bad input
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR (monai_fovea): FileNotFoundError") and "missing.svs" in last
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_corrupt_slide_is_reported_and_the_tile_beside_it_segmented(slide_crop, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "broken.svs").write_bytes((slide_crop / "crop.tif").read_bytes()[:5000])  # truncated
+    (src / "tile.png").write_bytes((slide_crop / "tile.png").read_bytes())
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+           "--input", str(src), "--output_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == "monai_fovea: 1 of 2 input(s) failed (listed above)"
+    assert any(line.startswith(f"FAILED {src / 'broken.svs'}: ") for line in lines)
+    assert sorted(p.name for p in out.iterdir()) == ["tile.geojson", "tile_apsm.png", "tile_mask.png", "tile_overlay.png"]
+
+
+def test_a_slide_scanned_at_half_the_um_per_px_gives_the_same_labels(slide_crop, tmp_path, run_bundle):
+    """The crop upsampled 2x (0.2495 um/px, as a 40x scan of the same tissue): the bundle reads it at the model's
+    0.499 um/px from the pyramid and writes labels on the 2x grid that, downsampled, agree with the native run."""
+    with tifffile.TiffFile(slide_crop / "crop.tif") as tif:
+        crop = tif.pages[0].asarray()
+    src = tmp_path / "in"
+    write_pyramidal_tiff(np.repeat(np.repeat(crop, 2, 0), 2, 1), src / "crop_x2.tif", mpp=0.2495, tile=128, levels=4)
+    (src / "crop.tif").write_bytes((slide_crop / "crop.tif").read_bytes())
+    out = tmp_path / "out"
+    run_bundle(NAME, "inference.json", input=str(src), output_dir=str(out))
+    native = tifffile.imread(out / "crop_label.tif")
+    x2 = tifffile.imread(out / "crop_x2_label.tif")
+    assert x2.shape == (2 * native.shape[0], 2 * native.shape[1])
+    slide = openslide.OpenSlide(str(out / "crop_x2_label.tif"))
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.2495, rel=1e-4)  # the slide's own grid
+    slide.close()
+    down = x2[::2, ::2]
+    for k in range(3):
+        a, b = native == k, down == k
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95, k
 
 
 def test_multi_gpu_train_ddp_gloo_cpu(tmp_path):

@@ -1,6 +1,5 @@
 """SegmentThenSegmentInferer with real nets of known output: a 1x1 convolution that thresholds the image at 0.5."""
 
-import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor

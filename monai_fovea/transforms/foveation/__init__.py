@@ -14,7 +14,6 @@ from .dictionary import (
 )
 from .functional import build_pyramid, multiscale_patches
 from .wsi import MultiScaleWSIPatches, MultiScaleWSIPatchesd, MultiScaleWSIPatchesD, MultiScaleWSIPatchesDict
-from .wsi import MultiScaleWSIPatches, MultiScaleWSIPatchesd, MultiScaleWSIPatchesD, MultiScaleWSIPatchesDict
 
 __all__ = [
     "MultiScalePatches",

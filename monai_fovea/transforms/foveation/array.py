@@ -9,7 +9,7 @@ import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import Randomizable, Transform
-from monai.utils import TransformBackends, convert_to_dst_type
+from monai.utils import TransformBackends
 
 from .functional import as_size_tuple, multiscale_patches, patch_affines
 

@@ -1,7 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     cell_metadata_filter: -all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -306,6 +314,12 @@ def main(output_dir: str | Path = "./outputs/tutorials/01_foveation", quick: boo
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Foveation tutorial")
     parser.add_argument("--output_dir", default="./outputs/tutorials/01_foveation")
-    parser.add_argument("--quick", action="store_true", help="short training (the test's setting)")
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("MONAI_FOVEA_QUICK") == "1",
+                        help="short training (the test's setting); default from MONAI_FOVEA_QUICK=1")
     args, _ = parser.parse_known_args()  # tolerate a notebook kernel's own arguments
-    main(args.output_dir, args.quick)
+    result = main(args.output_dir, args.quick)
+    if "ipykernel" in sys.modules:  # in a notebook: show the figures the tutorial wrote
+        from IPython.display import Image, display
+
+        for png in sorted(Path(args.output_dir).glob("*.png")):
+            display(Image(filename=str(png)))

@@ -1,7 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     cell_metadata_filter: -all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -36,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -54,7 +62,10 @@ from monai_fovea.metrics import implant_scores
 from monai_fovea.networks import SparseCompletionNet
 from monai_fovea.transforms import EdgeShell, RandSkullDefectd, SparseToDense, ToSparse
 
-REPO = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd()
+# the repository: above this script, or (in a notebook, which has no __file__) the first folder up from the working
+# directory that holds bundles/
+REPO = (Path(__file__).resolve().parents[1] if "__file__" in globals()
+        else next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "bundles").is_dir()), Path.cwd()))
 BUNDLE_WEIGHTS = REPO / "bundles" / "sparse_skull_completion" / "models" / "model.pt"
 SPACING = (0.957, 0.957, 1.5)  # mm, of the ct_head sample
 DEFECT_RADII = (8.0, 14.0)  # voxels
@@ -294,7 +305,13 @@ def main(output_dir: str | Path = "./outputs/tutorials/03_sparse_skull_completio
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Sparse skull completion tutorial")
     parser.add_argument("--output_dir", default="./outputs/tutorials/03_sparse_skull_completion")
-    parser.add_argument("--quick", action="store_true", help="3 training steps instead of 20 (the test's setting)")
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("MONAI_FOVEA_QUICK") == "1",
+                        help="3 training steps instead of 20 (the test's setting); default from MONAI_FOVEA_QUICK=1")
     parser.add_argument("--weights", default=str(BUNDLE_WEIGHTS), help="state dict for the inference ('' = none)")
     args, _ = parser.parse_known_args()  # tolerate a notebook kernel's own arguments
-    main(args.output_dir, args.quick, args.weights or None)
+    result = main(args.output_dir, args.quick, args.weights or None)
+    if "ipykernel" in sys.modules:  # in a notebook: show the figures the tutorial wrote
+        from IPython.display import Image, display
+
+        for png in sorted(Path(args.output_dir).glob("*.png")):
+            display(Image(filename=str(png)))

@@ -1,10 +1,9 @@
-"""Run every tutorial's ``main(output_dir, quick=True)`` in-process (as ``python tutorials/<name>.py --quick`` does)
-and check what it promises: the figures are real PNGs, and the numbers it returns are right. Where a value can be
-computed independently (patch shapes, exact crops, occupancy of the bone shell, box counts, metrics), the test
-computes it with other libraries (openslide, tifffile, nibabel, scipy, numpy) and compares.
+"""Checks of what each tutorial promises, used by ``test_notebooks.py`` on the result of executing its notebook:
+the figures are real PNGs, and the numbers it returns are right. Where a value can be computed independently (patch
+shapes, exact crops, occupancy of the bone shell, box counts, metrics), the check computes it with other libraries
+(openslide, tifffile, nibabel, scipy, numpy) and compares.
 
-One test per tutorial runs it once and makes all its checks (``check_*`` helpers), so that pytest-xdist never runs a
-tutorial twice on two workers; together they take about a minute of CPU.
+Each ``check_*`` takes the pair ``(result, output_dir)``: the dict the tutorial's ``main()`` returned and the folder it wrote.
 """
 
 from __future__ import annotations
@@ -24,9 +23,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = REPO_ROOT / "tutorials"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-pytestmark = pytest.mark.slow
-
-
 def load_tutorial(stem: str) -> ModuleType:
     """Import ``tutorials/<stem>.py`` as a module (its name starts with a digit, so no plain import)."""
     path = TUTORIALS / f"{stem}.py"
@@ -36,11 +32,6 @@ def load_tutorial(stem: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def run_tutorial(stem: str, tmp_path_factory) -> tuple[dict, Path]:
-    out = tmp_path_factory.mktemp(stem)
-    return load_tutorial(stem).main(out, quick=True), out
 
 
 def assert_png(path: Path, min_bytes: int = 10_000, min_side: int = 200) -> None:
@@ -286,31 +277,3 @@ def check_pipeline_sparse(pipelines: tuple[dict, Path]) -> None:
     assert tuple(vol.coords.shape) == (count, 4) and tuple(vol.features.shape) == (count, 1)
     assert vol.spatial_shape == bone.shape
     assert result["sparse_active_fraction"] == pytest.approx(count / bone.size, rel=1e-12)
-
-
-# --- one test per tutorial ---------------------------------------------------------------------------------------
-def test_01_foveation(tmp_path_factory) -> None:
-    run = run_tutorial("01_foveation", tmp_path_factory)
-    check_foveation_files(run)
-    check_foveation_slide_patches_are_pyramid_reads(run)
-    check_foveation_synthetic_patches_and_maps(run)
-
-
-def test_02_segment_then_segment(tmp_path_factory) -> None:
-    run = run_tutorial("02_segment_then_segment", tmp_path_factory)
-    check_segment_then_segment_files(run)
-    check_segment_then_segment_boxes(run)
-    check_segment_then_segment_scores(run)
-
-
-def test_03_sparse_skull_completion(tmp_path_factory) -> None:
-    run = run_tutorial("03_sparse_skull_completion", tmp_path_factory)
-    check_sparse_occupancy_is_the_bone_shell(run)
-    check_sparse_defect_and_completion(run)
-
-
-def test_04_transforms_in_your_own_pipeline(tmp_path_factory) -> None:
-    run = run_tutorial("04_transforms_in_your_own_pipeline", tmp_path_factory)
-    check_pipeline_foveation(run)
-    check_pipeline_boxes(run)
-    check_pipeline_sparse(run)

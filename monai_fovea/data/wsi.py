@@ -17,7 +17,9 @@ Coordinates: centres and FoVs are in level-0 pixels, ``(row, col)`` = ``(y, x)``
 :func:`monai_fovea.transforms.foveation.functional.multiscale_patches`: the scale whose FoV equals ``output_size``
 is MONAI's ``SpatialCrop(roi_center=c, roi_size=output_size)`` (first pixel ``c - o // 2``), and every scale is
 concentric with it. A region read from level ``L`` (downsample ``k``) starts on that level's pixel grid: exact
-when the FoV's first level-0 pixel is a multiple of ``k``, else rounded by at most half a level pixel.
+when the FoV's first level-0 pixel is a multiple of ``k``, else rounded by at most half a level pixel. With
+``read_multiscale(subpixel=True)`` nothing is rounded: centres and FoVs may be fractional (a network run at another
+µm/px than level 0) and each patch is resampled at its exact position.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ def _level_boxes(
 def read_multiscale(
     reader_or_path: PyramidSlide | str | os.PathLike,
     centers: Any,
-    patch_sizes: Sequence[int | Sequence[int]],
+    patch_sizes: Sequence[float | Sequence[float]],
     output_size: int | Sequence[int],
     backend: str = "openslide",
     level_selection: str = "auto",
@@ -258,6 +260,7 @@ def read_multiscale(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     merge_reads: float = 4.0,
+    subpixel: bool = False,
 ) -> torch.Tensor:
     """D concentric multi-field-of-view patches per centre, read from a slide pyramid.
 
@@ -270,7 +273,7 @@ def read_multiscale(
     Args:
         reader_or_path: an open :class:`PyramidSlide` or a slide path (opened with ``backend`` and closed again).
         centers: ``[N, 2]`` (row, col) centres in level-0 pixels (numpy, torch or a list).
-        patch_sizes: D FoVs in level-0 pixels, ints or ``(h, w)`` pairs.
+        patch_sizes: D FoVs in level-0 pixels, ints or ``(h, w)`` pairs (fractional with ``subpixel=True``).
         output_size: the pixel size every scale is resampled to, int or ``(h, w)``.
         backend: MONAI ``WSIReader`` backend used when a path is given.
         level_selection: ``"auto"`` (fewest decoded pixels) or ``"base"`` (always level 0: the reference
@@ -283,6 +286,11 @@ def read_multiscale(
         merge_reads: per scale, read the bounding region of all patches at once when its area is at most this
             many times the summed patch areas (batches of neighbouring centres, as in inference); otherwise read
             each patch separately (scattered random centres, as in training). ``0`` disables merging.
+        subpixel: resample every patch at its exact, possibly fractional, position and FoV instead of rounding its
+            region to the level's pixel grid: separable linear weights (a triangle filter as wide as the shrink
+            factor, i.e. antialiased like ``interpolate(..., antialias=True)``) over a region read with a margin.
+            For a network run at another µm/px than level 0, whose FoVs and centres map to fractional level-0
+            pixels (rounding them would shift and rescale each patch by up to half a pixel).
 
     Returns:
         ``Tensor[N, D, 3, *output_size]``.
@@ -300,7 +308,8 @@ def read_multiscale(
     out_hw = _pair(output_size, "output_size")
     if isinstance(patch_sizes, (int, np.integer)) or len(patch_sizes) == 0:
         raise ValueError(f"patch_sizes must be a non-empty sequence of FoVs, got {patch_sizes!r}")
-    sizes = [_pair(p, f"patch_sizes[{i}]") for i, p in enumerate(patch_sizes)]
+    parse = _positive_pair if subpixel else _pair
+    sizes = [parse(p, f"patch_sizes[{i}]") for i, p in enumerate(patch_sizes)]
     ctr = np.asarray(centers.detach().cpu() if isinstance(centers, torch.Tensor) else centers, dtype=np.float64)
     if ctr.shape == (2,):
         ctr = ctr[None]
@@ -313,6 +322,11 @@ def read_multiscale(
         scales = []
         for patch in sizes:
             level = select_level(slide.downsamples, patch, out_hw) if level_selection == "auto" else 0
+            if subpixel:
+                scales.append(
+                    _read_subpixel(slide, level, ctr, patch, out_hw, padding_mode, pad_value, antialias, merge_reads, dtype, device)
+                )
+                continue
             tops, (h, w) = _level_boxes(ctr, patch, out_hw, slide.downsamples[level])
             stack = _read_patches(slide, level, tops, h, w, padding_mode, pad_value, merge_reads)
             x = torch.from_numpy(stack).to(device=device, dtype=dtype)
@@ -324,6 +338,49 @@ def read_multiscale(
     finally:
         if slide is not reader_or_path:
             slide.close()
+
+
+def _linear_weights(starts: np.ndarray, size: float, out: int, first: np.ndarray, length: int, antialias: bool) -> np.ndarray:
+    """``[N, out, length]`` resampling weights along one axis: output pixel ``j`` of patch ``n`` (centre at level
+    coordinate ``starts[n] + (j + 0.5) * size / out``) from the ``length`` level pixels starting at ``first[n]``.
+
+    A triangle filter of half-width ``max(1, size / out)`` (bilinear when enlarging; widened by the shrink factor
+    when shrinking, as antialiased bilinear ``interpolate`` does), normalised to sum to 1.
+    """
+    scale = size / out
+    width = max(1.0, scale) if antialias else 1.0
+    centres = starts[:, None] + (np.arange(out) + 0.5) * scale  # [N, out]
+    pixels = first[:, None] + np.arange(length) + 0.5  # [N, length], pixel i spans [i, i + 1)
+    w = np.clip(1.0 - np.abs(pixels[:, None, :] - centres[:, :, None]) / width, 0.0, None)
+    return w / w.sum(-1, keepdims=True)
+
+
+def _read_subpixel(
+    slide: PyramidSlide,
+    level: int,
+    centers: np.ndarray,
+    patch: tuple[float, float],
+    out: tuple[int, int],
+    padding_mode: str,
+    pad_value: float,
+    antialias: bool,
+    merge: float,
+    dtype: torch.dtype,
+    device: str | torch.device | None,
+) -> torch.Tensor:
+    """``[N, 3, *out]``: one scale resampled at its exact fractional geometry (``read_multiscale(subpixel=True)``)."""
+    o, s, ds = np.asarray(out, np.float64), np.asarray(patch, np.float64), np.asarray(slide.downsamples[level], np.float64)
+    starts = (centers - o // 2 + o / 2 - s / 2) / ds  # [N, 2] level coordinates of each FoV's first edge
+    size = s / ds
+    reach = np.maximum(1.0, size / o) if antialias else np.ones(2)  # the filter's half-width in level pixels
+    first = np.floor(starts - reach).astype(np.int64)
+    length = np.ceil(size + 2 * reach).astype(np.int64) + 2  # same for every patch, covers any fractional start
+    stack = _read_patches(slide, level, first, int(length[0]), int(length[1]), padding_mode, pad_value, merge)
+    x = torch.from_numpy(stack).to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    wy = torch.from_numpy(_linear_weights(starts[:, 0], size[0], out[0], first[:, 0], int(length[0]), antialias))
+    wx = torch.from_numpy(_linear_weights(starts[:, 1], size[1], out[1], first[:, 1], int(length[1]), antialias))
+    wy, wx = wy.to(device=device, dtype=x.dtype), wx.to(device=device, dtype=x.dtype)
+    return torch.einsum("nyh,nchw,nxw->ncyx", wy, x, wx).to(dtype)
 
 
 def _read_patches(
@@ -375,12 +432,18 @@ def tissue_mask(slide: PyramidSlide, max_size: int = 2048, min_saturation: float
     return mask, slide.downsamples[level]
 
 
-def cell_means(slide: PyramidSlide, cell: int | Sequence[int], band_cells: int = 16) -> torch.Tensor:
+def cell_means(slide: PyramidSlide, cell: float | Sequence[float], band_cells: int = 16) -> torch.Tensor:
     """The slide's low-resolution map: the mean colour of every ``cell`` × ``cell`` block of level-0 pixels.
 
     This is the foveation head's input (``FoveatedSegmenter.lowres`` on an in-memory image). It is read from the
     coarsest level whose downsample divides ``cell``, in bands of ``band_cells`` cell rows, so memory stays
     bounded whatever the slide size; partial cells at the right/bottom edges average the pixels they hold.
+
+    ``cell`` may be fractional (a network run at another µm/px than the slide's level 0: its ``stride`` cell then
+    covers ``stride * model_mpp / slide_mpp`` level-0 pixels). Cell ``i`` then covers level-0 pixels
+    ``[i * cell, (i + 1) * cell)``; it is averaged from the coarsest level holding at least
+    :data:`MIN_LEVEL_PX_PER_CELL` level pixels per cell, with its bounds rounded to that level's pixel grid (so by
+    at most half a level pixel, 1/16 of a cell). Integer cells keep the exact block-mean path above.
 
     Returns:
         float32 ``[3, ceil(H / cell_h), ceil(W / cell_w)]`` in the slide's 0–255 range.
@@ -389,7 +452,10 @@ def cell_means(slide: PyramidSlide, cell: int | Sequence[int], band_cells: int =
         >>> with PyramidSlide("slide.tif") as s:  # doctest: +SKIP
         ...     lowres = cell_means(s, 128)
     """
-    ch, cw = _pair(cell, "cell")
+    cy, cx = _positive_pair(cell, "cell")
+    if cy != int(cy) or cx != int(cx):
+        return _fractional_cell_means(slide, (cy, cx), band_cells)
+    ch, cw = int(cy), int(cx)
     level = 0
     for lvl, (dy, dx) in enumerate(slide.downsamples):
         if dy == int(dy) and dx == int(dx) and ch % int(dy) == 0 and cw % int(dx) == 0 and dy * dx >= slide.downsamples[level][0] * slide.downsamples[level][1]:
@@ -406,4 +472,66 @@ def cell_means(slide: PyramidSlide, cell: int | Sequence[int], band_cells: int =
         band = torch.from_numpy(slide.read_region(level, top, 0, height, lw)).float()[None]
         pooled = F.avg_pool2d(band, kernel_size=(ky, kx), stride=(ky, kx), ceil_mode=True)[0]
         out[:, r0 : r0 + pooled.shape[1], : pooled.shape[2]] = pooled[:, : r1 - r0, :gw]
+    return out
+
+
+#: fewest level pixels per (fractional) cell when :func:`cell_means` picks the level to average from: cell bounds
+#: are rounded to that level's grid, so this bounds the error to half a level pixel in 8, 1/16 of the cell
+MIN_LEVEL_PX_PER_CELL = 8
+_BAND_PIXELS = 1 << 22  # level pixels per band of fractional cell means (~100 MB of float64 working copies)
+
+
+def _positive_pair(value: Any, name: str) -> tuple[float, float]:
+    """number or ``(h, w)`` → ``(h, w)`` of positive floats, else a ValueError naming ``name``."""
+    seq = (value, value) if np.isscalar(value) else tuple(value)
+    if len(seq) != 2 or any(not np.isfinite(float(v)) or float(v) <= 0 for v in seq):
+        raise ValueError(f"{name} must be a positive number or a pair of positive numbers, got {value!r}")
+    return float(seq[0]), float(seq[1])
+
+
+def _grid_count(size: int, cell: float) -> int:
+    """``ceil(size / cell)`` for a fractional cell, immune to ``size / cell`` landing a rounding error above an
+    integer (which would add an empty row of cells)."""
+    return max(1, math.ceil(size / cell - 1e-9))
+
+
+def _cell_bounds(n: int, cell: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[n]`` first and end (exclusive) pixels of ``n`` cells of ``cell`` pixels each (fractional), rounded to
+    the pixel grid and clipped to ``[0, limit)``; every cell keeps at least one pixel."""
+    i = np.arange(n + 1, dtype=np.float64)
+    edges = np.floor(i * cell + 0.5).astype(np.int64)
+    lo = np.minimum(edges[:-1], limit - 1)
+    hi = np.clip(edges[1:], lo + 1, limit)
+    return lo, hi
+
+
+def _fractional_cell_means(slide: PyramidSlide, cell: tuple[float, float], band_cells: int) -> torch.Tensor:
+    """:func:`cell_means` for fractional cells: area means with bounds rounded to the chosen level's grid."""
+    ch, cw = cell
+    level = 0
+    for lvl, (dy, dx) in enumerate(slide.downsamples):
+        fits = dy * MIN_LEVEL_PX_PER_CELL <= ch and dx * MIN_LEVEL_PX_PER_CELL <= cw
+        if fits and dy * dx > slide.downsamples[level][0] * slide.downsamples[level][1]:
+            level = lvl
+    dy, dx = slide.downsamples[level]
+    lh, lw = slide.level_shapes[level]
+    gh, gw = _grid_count(slide.shape[0], ch), _grid_count(slide.shape[1], cw)
+    r_lo, r_hi = _cell_bounds(gh, ch / dy, lh)
+    c_lo, c_hi = _cell_bounds(gw, cw / dx, lw)
+    c_area = (c_hi - c_lo).astype(np.float64)
+    # a band is a few float64 copies of its pixels: cap its height so that a slide without a coarse level (read
+    # at level 0) still streams in bounded memory
+    step = max(1, min(band_cells, _BAND_PIXELS // max(1, math.ceil(ch / dy) * lw)))
+    out = torch.zeros(3, gh, gw)
+    for r0 in range(0, gh, step):
+        r1 = min(gh, r0 + step)
+        top, bottom = int(r_lo[r0:r1].min()), int(r_hi[r0:r1].max())
+        band = slide.read_region(level, top, 0, bottom - top, lw).astype(np.float64)
+        # separable integral sums: rows of each cell first, then its columns (float64: exact for uint8 sums)
+        rows = np.pad(band.cumsum(1), ((0, 0), (1, 0), (0, 0)))
+        rsum = rows[:, r_hi[r0:r1] - top] - rows[:, r_lo[r0:r1] - top]  # [3, r1 - r0, lw]
+        cols = np.pad(rsum.cumsum(2), ((0, 0), (0, 0), (1, 0)))
+        total = cols[:, :, c_hi] - cols[:, :, c_lo]  # [3, r1 - r0, gw]
+        area = (r_hi[r0:r1] - r_lo[r0:r1]).astype(np.float64)[:, None] * c_area[None, :]
+        out[:, r0:r1] = torch.from_numpy(total / area).float()
     return out

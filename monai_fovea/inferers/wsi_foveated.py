@@ -16,10 +16,25 @@ of view, i.e. non-overlapping tiles of the predicted region — what the authors
    (average patch size map, Σ_d f_d·s_d per location) as a PNG.
 
 Peak memory is one batch of patches plus the low-resolution maps; the label map lives on disk.
+
+Resolution: with ``mpp`` (the network's µm/px) the network runs at its own resolution whatever the slide was
+scanned at (0.25 µm/px at 40×, 0.5 at 20×). All geometry — the location grid and ``stride``, the FoVs
+``patch_sizes``, the low-resolution cells, the tissue-mask cells — is in *model* pixels; one model pixel covers
+``factor = mpp / slide_mpp`` level-0 pixels, and every read is mapped onto level 0 and served from the pyramid (a
+64-px FoV of a 0.5 µm/px model on a 0.25 µm/px slide is 128 level-0 px, read from the 2× level with no resize;
+fractional level-0 geometry is resampled at its exact position, ``read_multiscale(subpixel=True)``). The label map
+is still written on the slide's level-0 grid, each level-0 pixel taking the label of the model pixel its centre
+falls in (nearest), batch by batch into the disk-backed map.
+
+Note on cost (no measurement behind it, only counting): the number of locations, network calls and pyramid reads
+follows the *model*-resolution size of the slide, so a 40× slide run at a 20× model's ``mpp`` costs about what its
+20× scan would at factor 1, a quarter of running it at level 0 — provided the pyramid has the 2× level (the reads
+then decode as many pixels as at factor 1); without it every region is decoded at 4× the pixels and shrunk.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,6 +53,7 @@ from monai_fovea.visualize import add_colour_bar, apsm_image, label_overlay
 __all__ = ["WSIFoveatedInferer"]
 
 _OUTPUTS = ("label", "probability")
+_UNIT: tuple[float, float] = (1.0, 1.0)
 
 
 class WSIFoveatedInferer:
@@ -60,10 +76,38 @@ class WSIFoveatedInferer:
         progress: show a tqdm progress bar over the batches.
         overlay_max_size: longest side of the overlay and APSM PNGs.
         tile: tile size of the output TIFF.
+        mpp: the network's resolution in µm per pixel (what it was trained at). ``None`` (default): run at the
+            slide's level-0 resolution, whatever it is (the behaviour before this argument existed). Otherwise
+            the network sees the slide at ``mpp`` — see "Resolution rule" below.
+        default_mpp: level-0 µm/px assumed for slides whose files carry no resolution (``PyramidSlide.mpp`` is
+            ``None``: e.g. a plain tiled TIFF, or a PNG converted without metadata); also the resolution written
+            into such a slide's label TIFF. ``None`` (default): such a slide with ``mpp`` set is an error, since
+            guessing 0.25 or 0.5 would silently halve or double every structure the network sees.
+        mpp_rtol: relative tolerance within which ``factor`` is snapped to the nearest integer ``k`` (or ``1/k``),
+            default 1%. Slides of one nominal magnification report slightly different µm/px (0.499 and 0.5 are
+            both "20×"): a 0.2% rescale changes no structure's size that matters but resamples every pixel (on
+            the sample slide it moves the nuclei DSC against the unresampled run to 0.93), while an integer factor
+            keeps whole-pixel geometry (``factor == 1`` reproduces ``mpp=None`` bit for bit; ``2`` reads the
+            pyramid's 2× level pixel for pixel). ``0`` disables snapping.
+
+    Resolution rule:
+        ``factor = mpp / slide_mpp`` per axis (level-0 pixels per model pixel; ``slide_mpp`` from the slide's
+        metadata, else ``default_mpp``), snapped as described for ``mpp_rtol``. Model pixel ``i`` covers level-0
+        pixels ``[i * factor, (i + 1) * factor)``. The location grid, ``stride``, ``patch_sizes``, the
+        low-resolution cells and the tissue-mask cells are in model pixels; a FoV of ``s`` model pixels is read as
+        ``s * factor`` level-0 pixels centred on the same point (from the cheapest pyramid level, then resized to
+        ``output_size``, :func:`monai_fovea.data.wsi.read_multiscale`; at its exact fractional position when that
+        is not whole level-0 pixels), and the low-resolution cells are ``stride * factor`` level-0 pixels
+        (fractional allowed, :func:`monai_fovea.data.wsi.cell_means`). The label (or probability) map is written on the slide's level-0 grid with the slide's resolution: level-0
+        pixel ``r`` takes model pixel ``floor((r + 0.5) / factor)`` (nearest), tile by tile into the disk-backed
+        map, so no model-resolution map is ever held. ``self.last_stats`` records ``mpp``, ``slide_mpp``
+        (``(y, x)``), ``mpp_source`` (``"slide"``, ``"default_mpp"`` or ``None``) and ``factor`` (``(y, x)``).
 
     Example:
         >>> inferer = WSIFoveatedInferer(sw_batch_size=16, backend="tifffile")  # doctest: +SKIP
         >>> paths = inferer("slide.tif", net, output_dir="out")  # {'label': ..., 'overlay': ..., 'apsm': ...}
+        >>> # a network trained at 0.499 µm/px, on 40x (0.25 µm/px) and 20x slides alike:
+        >>> inferer = WSIFoveatedInferer(mpp=0.499, default_mpp=0.25)  # doctest: +SKIP
     """
 
     def __init__(
@@ -83,7 +127,15 @@ class WSIFoveatedInferer:
         progress: bool = True,
         overlay_max_size: int = 1024,
         tile: int = 256,
+        mpp: float | None = None,
+        default_mpp: float | None = None,
+        mpp_rtol: float = 0.01,
     ) -> None:
+        for arg, value in (("mpp", mpp), ("default_mpp", default_mpp)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{arg} must be a positive number of µm per pixel or None, got {value!r}")
+        if not 0 <= mpp_rtol < 0.5:
+            raise ValueError(f"mpp_rtol must be in [0, 0.5), got {mpp_rtol!r}")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         if output not in _OUTPUTS:
@@ -103,6 +155,9 @@ class WSIFoveatedInferer:
         self.progress = progress
         self.overlay_max_size = overlay_max_size
         self.tile = tile
+        self.mpp = mpp
+        self.default_mpp = default_mpp
+        self.mpp_rtol = mpp_rtol
         self.last_stats: dict[str, Any] = {}
 
     # --- geometry --------------------------------------------------------------------------------------------
@@ -124,6 +179,30 @@ class WSIFoveatedInferer:
                 f"{tuple(net.patch_sizes[0])} with output_size={tuple(net.output_size)} gives the cell offset {offs}"
             )
         return offs[0], offs[1]
+
+    def _resolution(self, slide: PyramidSlide) -> tuple[tuple[float, float], tuple[float, float] | None, str | None]:
+        """``(factor, slide_mpp, source)``: level-0 px per model px ``(y, x)``, the slide's level-0 µm/px
+        ``(y, x)`` (``None`` when unknown) and where it came from (``"slide"``, ``"default_mpp"``, ``None``).
+
+        Raises:
+            ValueError: ``mpp`` is set but neither the slide nor ``default_mpp`` gives its resolution.
+        """
+        slide_mpp, source = None, None
+        # a zero or NaN resolution (a placeholder some writers store) is as unknown as a missing one
+        if slide.mpp is not None and all(math.isfinite(m) and m > 0 for m in slide.mpp):
+            slide_mpp, source = (float(slide.mpp[0]), float(slide.mpp[1])), "slide"
+        elif self.default_mpp is not None:
+            slide_mpp, source = (float(self.default_mpp), float(self.default_mpp)), "default_mpp"
+        if self.mpp is None:
+            return _UNIT, slide_mpp, source
+        if slide_mpp is None:
+            raise ValueError(
+                f"slide {slide.path!r} has no resolution (µm/px) in its metadata, so it cannot be brought to the "
+                f"network's mpp={self.mpp}: pass WSIFoveatedInferer(..., default_mpp=<level-0 µm/px the slide was "
+                f"scanned at>, e.g. 0.25 for 40x or 0.5 for 20x), or mpp=None to run at the slide's own pixels"
+            )
+        factor = (_snap_factor(self.mpp / slide_mpp[0], self.mpp_rtol), _snap_factor(self.mpp / slide_mpp[1], self.mpp_rtol))
+        return factor, slide_mpp, source
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.intensity_scale + self.intensity_shift
@@ -162,10 +241,13 @@ class WSIFoveatedInferer:
         net.eval()
         try:
             (oy, ox) = self._tile_offset(net)
+            factor, slide_mpp, mpp_source = self._resolution(slide)
             ty, tx = net.stride
             H, W = slide.shape
-            # 1. low-resolution map -> per-location scale weights (the head sees the whole slide once)
-            lowres = self._normalise(cell_means(slide, (ty, tx))).to(sw_device)
+            # 1. low-resolution map -> per-location scale weights (the head sees the whole slide once); a model
+            # cell of `stride` model px is stride * factor level-0 px (integer cells keep the exact factor-1 path)
+            cell = (ty, tx) if factor == _UNIT else (ty * factor[0], tx * factor[1])
+            lowres = self._normalise(cell_means(slide, cell)).to(sw_device)
             gh, gw = lowres.shape[1:]
             weight_map = net.scale_weights(lowres[None])[0]  # [D, gh, gw]
             apsm = net.average_patch_size(weight_map, dim=0).float().cpu().numpy()  # [gh, gw]
@@ -173,9 +255,9 @@ class WSIFoveatedInferer:
             keep = np.ones((gh, gw), bool)
             if self.use_tissue_mask:
                 mask, (my, mx) = tissue_mask(slide)
-                keep = _cells_with_tissue(mask, (ty / my, tx / mx), (gh, gw))
+                keep = _cells_with_tissue(mask, (ty * factor[0] / my, tx * factor[1] / mx), (gh, gw))
             rows, cols = np.nonzero(keep)
-            centers = np.stack([rows * ty + ty // 2, cols * tx + tx // 2], 1)
+            centers = np.stack([rows * ty + ty // 2, cols * tx + tx // 2], 1)  # model px
             # 3. stream batches of locations into a disk-backed label map
             with tempfile.TemporaryDirectory(prefix="wsi_fov_") as tmp:
                 labels = np.memmap(Path(tmp) / "labels.u8", dtype=np.uint8, mode="w+", shape=(H, W))
@@ -184,11 +266,11 @@ class WSIFoveatedInferer:
                 batches = range(0, len(centers), self.sw_batch_size)
                 for start in tqdm(batches, desc=f"foveated WSI {name}", disable=not self.progress):
                     ctr = centers[start : start + self.sw_batch_size]
-                    self._predict_batch(slide, net, ctr, weight_map, (oy, ox), sw_device, out_device, labels)
+                    self._predict_batch(slide, net, ctr, weight_map, (oy, ox), factor, sw_device, out_device, labels)
                 labels.flush()
                 # 4. outputs
                 suffix = "label" if self.output == "label" else "prob"
-                mpp = slide.mpp or (1.0, 1.0)
+                mpp = slide_mpp or _UNIT  # the slide's own level-0 grid and resolution, whatever the model's
                 paths = {
                     "label": write_pyramidal_tiff(
                         labels, output_dir / f"{name}_{suffix}.tif", mpp=(mpp[1], mpp[0]), tile=self.tile,
@@ -205,6 +287,10 @@ class WSIFoveatedInferer:
                 "skipped": int(gh * gw - len(centers)),
                 "grid": (int(gh), int(gw)),
                 "mean_apsm": float(np.nanmean(apsm_shown)) if len(centers) else float("nan"),
+                "mpp": self.mpp,
+                "slide_mpp": slide_mpp,
+                "mpp_source": mpp_source,
+                "factor": factor,
             }
             return paths
         finally:
@@ -217,19 +303,24 @@ class WSIFoveatedInferer:
         ctr: np.ndarray,
         weight_map: torch.Tensor,
         offset: tuple[int, int],
+        factor: tuple[float, float],
         sw_device: torch.device,
         out_device: torch.device,
         labels: np.ndarray,
     ) -> None:
+        """Predict the locations centred at ``ctr`` (model px) and write their tiles into ``labels`` (level 0)."""
+        ctr0, sizes0, subpixel = ctr, net.patch_sizes, False
+        if factor != _UNIT:
+            ctr0, sizes0, subpixel = _level0_fovs(ctr, net, factor)
         patches = read_multiscale(
-            slide, ctr, net.patch_sizes, net.output_size, padding_mode=self.padding_mode, pad_value=self.pad_value,
-            device=sw_device,
+            slide, ctr0, sizes0, net.output_size, padding_mode=self.padding_mode, pad_value=self.pad_value,
+            device=sw_device, subpixel=subpixel,
         )
         ctr_t = torch.as_tensor(ctr, device=sw_device)
         weights = net.weights_at(weight_map, ctr_t)
         logits = net.forward_patches(self._normalise(patches), weights).to(out_device)
         s0 = tuple(net.patch_sizes[0])
-        if tuple(logits.shape[2:]) != s0:  # prediction at output_size pixels covers s0 level-0 pixels
+        if tuple(logits.shape[2:]) != s0:  # prediction at output_size pixels covers s0 model pixels
             logits = F.interpolate(logits.float(), size=s0, mode="bilinear", align_corners=False)
         ty, tx = net.stride
         tiles = logits[:, :, offset[0] : offset[0] + ty, offset[1] : offset[1] + tx]
@@ -240,9 +331,15 @@ class WSIFoveatedInferer:
         values = values.cpu().numpy()
         H, W = labels.shape
         for (cy, cx), tile in zip(ctr, values):
-            r0, c0 = int(cy) - ty // 2, int(cx) - tx // 2
-            r1, c1 = min(r0 + ty, H), min(c0 + tx, W)
-            labels[r0:r1, c0:c1] = tile[: r1 - r0, : c1 - c0]
+            r0, c0 = int(cy) - ty // 2, int(cx) - tx // 2  # the location's cell, model px
+            if factor == _UNIT:
+                r1, c1 = min(r0 + ty, H), min(c0 + tx, W)
+                labels[r0:r1, c0:c1] = tile[: r1 - r0, : c1 - c0]
+                continue
+            (y0, y1), ri = _nearest_span(r0, ty, factor[0], H)
+            (x0, x1), ci = _nearest_span(c0, tx, factor[1], W)
+            if y1 > y0 and x1 > x0:
+                labels[y0:y1, x0:x1] = tile[ri[:, None], ci[None, :]]
 
     def _overlay(self, slide: PyramidSlide, labels: np.ndarray) -> np.ndarray:
         """Slide thumbnail with the label colours blended in (``visualize.label_overlay``, class 0 not drawn)."""
@@ -291,3 +388,51 @@ def _apsm_rgb(apsm: np.ndarray, net: torch.nn.Module, max_size: int) -> np.ndarr
     rgb[np.isnan(apsm)] = 0
     k = max(1, min(max_size // max(apsm.shape), 16))
     return add_colour_bar(np.kron(rgb, np.ones((k, k, 1), np.uint8)), lo, hi)
+
+
+def _snap_factor(factor: float, rtol: float) -> float:
+    """``factor`` replaced by the nearest integer ``k`` (or ``1/k`` below 1) when within ``rtol`` of it: FoVs and
+    cells then are whole level-0 pixels (with the usual even sizes), and a factor 2^k reads the pyramid's own
+    2^k level without resampling."""
+    k = float(round(factor)) if factor >= 1 else 1.0 / round(1.0 / factor)
+    return k if abs(factor / k - 1.0) <= rtol else float(factor)
+
+
+def _level0_fovs(
+    ctr: np.ndarray, net: torch.nn.Module, factor: tuple[float, float]
+) -> tuple[np.ndarray, list[tuple[float, float]], bool]:
+    """Model-px centres and FoVs → the level-0 centres and FoVs :func:`read_multiscale` takes, and whether those
+    need its ``subpixel`` resampling.
+
+    ``read_multiscale`` centres a FoV on ``c - o // 2 + o / 2`` (the centre of the ``output_size`` crop at
+    ``c``); in model px that point is ``p = c_m - o // 2 + o / 2``, in level-0 px ``p * factor``, so the level-0
+    centre handed over is ``p * factor + o // 2 - o / 2``, and a FoV of ``s`` model px covers ``s * factor``
+    level-0 px. When every FoV and every location's first FoV pixel are whole level-0 pixels (integer factors
+    such as 2, and most others with the usual power-of-2 sizes), the plain read is exact; otherwise rounding
+    them would shift and rescale patches by up to half a pixel, so they are resampled at their exact geometry.
+    """
+    o = np.asarray(net.output_size, dtype=np.float64)
+    f = np.asarray(factor, dtype=np.float64)
+    t = np.asarray(net.stride, dtype=np.float64)
+    ctr0 = (np.asarray(ctr, dtype=np.float64) - o // 2 + o / 2) * f + o // 2 - o / 2
+    sizes0 = [(float(s[0]) * factor[0], float(s[1]) * factor[1]) for s in net.patch_sizes]
+    # locations sit at t // 2 + k * t: their first pixels are all whole iff the first one is and t * f is
+    firsts = [(t // 2 - o // 2 + o / 2) * f - np.asarray(s0) / 2 for s0 in sizes0]
+    values = [*np.ravel(sizes0), *(t * f), *np.ravel(firsts)]
+    integral = all(abs(v - round(v)) < 1e-6 for v in values)
+    if integral:
+        return ctr0, [(round(h), round(w)) for h, w in sizes0], False
+    return ctr0, sizes0, True
+
+
+def _nearest_span(start: int, size: int, factor: float, limit: int) -> tuple[tuple[int, int], np.ndarray]:
+    """Level-0 pixels ``[lo, hi)`` whose nearest model pixel lies in the model cell ``[start, start + size)``,
+    and, per such pixel, that model pixel's index inside the cell.
+
+    Level-0 pixel ``r`` (centre ``r + 0.5``) takes model pixel ``floor((r + 0.5) / factor)``; the bounds use the
+    same integer cell edges for neighbouring cells, so cells partition level 0 with no gap or overlap.
+    """
+    lo = min(max(0, math.ceil(start * factor - 0.5)), limit)
+    hi = min(max(lo, math.ceil((start + size) * factor - 0.5)), limit)
+    idx = np.floor((np.arange(lo, hi) + 0.5) / factor).astype(np.int64) - start
+    return (lo, hi), np.clip(idx, 0, size - 1)  # clip: float rounding at a cell edge

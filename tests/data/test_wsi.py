@@ -228,3 +228,86 @@ def test_cell_means_equal_level0_block_means(lossless, band_cells):
     assert (got[:, :37, :30] - ref[:, :37, :30]).abs().max() < 1.0
     assert (got[:, 37:, :] - ref[:, 37:, :]).abs().max() < 40  # partial cells (measured max 23): close, not equal
     assert (got[:, :, 30:] - ref[:, :, 30:]).abs().max() < 40
+
+
+def _fractional_means_reference(img: np.ndarray, cell: float) -> np.ndarray:
+    """Hand rule: cell i covers level-0 rows/cols [round(i * cell), round((i + 1) * cell)) (halves rounded up),
+    clipped to the image; the plain numpy mean of those pixels, [3, gh, gw]."""
+    def bounds(size: int) -> list[tuple[int, int]]:
+        n = int(np.ceil(size / cell))
+        return [(int(np.floor(i * cell + 0.5)), min(size, int(np.floor((i + 1) * cell + 0.5)))) for i in range(n)]
+
+    rows, cols = bounds(img.shape[0]), bounds(img.shape[1])
+    return np.array([[img[r0:r1, c0:c1].reshape(-1, 3).mean(0) for c0, c1 in cols] for r0, r1 in rows]).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("band_cells", [1, 16])
+def test_fractional_cell_means_are_area_means(lossless, band_cells):
+    """A network run at another µm/px than level 0 has fractional level-0 cells (12.5 px here). Cells of fewer
+    than 8 x 4 level-0 px are averaged at level 0: exactly the hand-computed means of the rounded bounds."""
+    path, img = lossless
+    with PyramidSlide(path, "tifffile") as slide:
+        got = cell_means(slide, 12.5, band_cells=band_cells)
+    ref = _fractional_means_reference(img, 12.5)
+    assert got.shape == ref.shape == (3, 25, 20)  # ceil(301 / 12.5) = 25 (24.08), ceil(245 / 12.5) = 20 (19.6)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-3)
+
+
+def test_fractional_cell_means_from_a_coarse_level(lossless):
+    """Cells of 34.5 px hold >= 8 pixels of level 2 (4x): read there, bounds rounded to its 4-px grid, so each
+    edge moves by up to 2 level-0 px against the level-0 reference (measured: max 2.8, mean 0.6 grey levels). A
+    cell misregistered by one (its neighbour's mean) is off by mean 2.5, max 9.7 on this noise."""
+    path, img = lossless
+    with PyramidSlide(path, "tifffile") as slide:
+        got = cell_means(slide, (34.5, 34.5)).numpy()
+    ref = _fractional_means_reference(img, 34.5)
+    assert got.shape == ref.shape == (3, 9, 8)
+    full = np.abs(got - ref)[:, :8, :7]  # the last cells also hold level-2 pixels made from partial 4 x 4 blocks
+    assert full.max() < 4.0
+    assert full.mean() < 1.0
+
+
+def test_cell_means_bad_cell_is_named(lossless):
+    path, _ = lossless
+    with PyramidSlide(path, "tifffile") as slide, pytest.raises(ValueError, match="cell"):
+        cell_means(slide, (8, 0))
+
+
+@pytest.fixture(scope="module")
+def ramp(tmp_path_factory):
+    """Lossless slide whose red channel is the row index and green twice the column index (200 x 120 px)."""
+    img = np.zeros((200, 120, 3), np.uint8)
+    img[..., 0] = np.arange(200)[:, None]
+    img[..., 1] = 2 * np.arange(120)[None, :]
+    path = tmp_path_factory.mktemp("wsi") / "ramp.tif"
+    write_pyramidal_tiff(img, path, mpp=0.25, tile=32, levels=3, compression="lzw")
+    return path
+
+
+@pytest.mark.parametrize("fov, tol", [(10.4, 1e-9), (16.0, 1e-9), (25.6, 0.07)])
+def test_subpixel_reads_sample_the_exact_fractional_positions(ramp, fov, tol):
+    """subpixel=True: output pixel j of a FoV ``s`` centred (o even) at ``c`` samples the level-0 point
+    ``c - s/2 + (j + 0.5) s / o``, fractional centres and FoVs included. On a ramp (pixel i holds i, i.e. the
+    value at continuous position y is y - 0.5) linear weights return that position: exactly when enlarging
+    (bilinear) or at scale 1 (the plain crop), within 0.07 when shrinking 1.6x (the sampled triangle filter's
+    centroid, as in antialiased ``interpolate``). Rounding the region instead is off by up to half a pixel."""
+    centers = np.array([[100.3, 40.7], [60.0, 61.25], [30.5, 90.0]])  # FoVs inside the slide: no padding
+    got = read_multiscale(ramp, centers, [fov], 16, backend="tifffile", subpixel=True, dtype=torch.float64)[:, 0]
+    pos = centers[:, :, None] - fov / 2 + (np.arange(16) + 0.5) * fov / 16 - 0.5  # [N, 2, 16] values expected
+    np.testing.assert_allclose(got[:, 0].numpy(), np.broadcast_to(pos[:, 0, :, None], (3, 16, 16)), rtol=0, atol=tol)
+    np.testing.assert_allclose(got[:, 1].numpy(), np.broadcast_to(2 * pos[:, 1, None, :], (3, 16, 16)), rtol=0, atol=2 * tol)
+    if fov != 16.0:
+        rounded = read_multiscale(ramp, centers, [round(fov)], 16, backend="tifffile", dtype=torch.float64)[:, 0]
+        assert np.abs(rounded[:, 0].numpy() - pos[:, 0, :, None]).max() > 0.2
+
+
+def test_subpixel_equals_plain_reads_on_whole_pixel_geometry(lossless):
+    """With whole-pixel regions on the level's grid (even centres, FoVs 8 / 16 / 32 at output 8 from levels 0 /
+    1 / 2) every scale is a plain crop either way: subpixel=True gives the same pixels."""
+    path, _ = lossless
+    centers = np.array([[40, 60], [100, 80], [200, 120]])
+    plain = read_multiscale(path, centers, [8, 16, 32], 8, backend="tifffile")
+    sub = read_multiscale(path, centers, [8.0, 16.0, 32.0], 8, backend="tifffile", subpixel=True)
+    torch.testing.assert_close(sub, plain, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="patch_sizes"):
+        read_multiscale(path, centers, [8.5], 8, backend="tifffile")  # fractional FoVs need subpixel=True

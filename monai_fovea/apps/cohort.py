@@ -26,7 +26,9 @@ from monai.data import Dataset, decollate_batch
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import engine_apply_transform
 
-__all__ = ["FailSafeDataset", "CohortEvaluator", "root_cause", "torch_device", "install_excepthook", "FAILED_KEY"]
+__all__ = [
+    "FailSafeDataset", "CohortEvaluator", "root_cause", "torch_device", "install_excepthook", "shard_for_rank", "FAILED_KEY",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,21 +36,28 @@ logger = logging.getLogger(__name__)
 FAILED_KEY = "failed"
 
 
+def _is_wrapper(exc: BaseException) -> bool:
+    """MONAI's context-only wrappers ("applying transform <...>", "Failed to evaluate ConfigExpression ...")."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith(("applying transform", "Failed to evaluate"))
+
+
 def root_cause(exc: BaseException) -> str:
-    """``"Type: message"`` of the innermost exception of ``exc``'s ``__cause__``/``__context__`` chain, one line.
+    """``"Type: message"`` of the first exception of ``exc``'s ``__cause__``/``__context__`` chain that is not one
+    of MONAI's context-only wrappers, on one line (the outermost such error is the one that says most: it names
+    the file when ours wrapped a reader's error).
 
     Example:
         >>> try:
         ...     try:
         ...         raise ValueError("bad header")
         ...     except ValueError as e:
-        ...         raise RuntimeError("applying transform") from e
+        ...         raise RuntimeError("applying transform <LoadImaged>") from e
         ... except RuntimeError as e:
         ...     root_cause(e)
         'ValueError: bad header'
     """
     seen = set()
-    while id(exc) not in seen:
+    while _is_wrapper(exc) and id(exc) not in seen:
         seen.add(id(exc))
         nxt = exc.__cause__ or exc.__context__
         if nxt is None:
@@ -142,16 +151,39 @@ class CohortEvaluator(SupervisedEvaluator):
         self.failures.append((source, message))
         logger.error("%s: %s", source, message)
 
+    def _clean_output_dirs(self) -> None:
+        """Remove this run's leftover temporaries (failed files) and output folders it left empty."""
+        from pathlib import Path
+
+        from monai_fovea.data.datalist import remove_stale_temporaries
+
+        data = getattr(getattr(self.data_loader, "dataset", None), "data", [])
+        for folder in {str(item["output_dir"]) for item in data if isinstance(item, dict) and "output_dir" in item}:
+            remove_stale_temporaries(folder, include_own=True)
+            path = Path(folder)
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+
     def report(self) -> dict[str, Any]:
         """Print what was written and one line per failed file; ``SystemExit(1)`` when any failed."""
+        self._clean_output_dirs()
         total = self.processed + len(self.failures)
         written = [v for o in self.outputs for v in o.values()]
-        print(f"monai_fovea: {self.processed} of {total} input(s) done, {len(written)} file(s) written")
+        rank = _rank_prefix()
+        print(f"monai_fovea: {rank}{self.processed} of {total} input(s) done, {len(written)} file(s) written")
+        for path in written:
+            print(f"  {rank}wrote {path}")
         if self.failures:
             for source, message in self.failures:
                 print(f"FAILED {source}: {message}", file=sys.stderr)
-            raise SystemExit(f"monai_fovea: {len(self.failures)} of {total} input(s) failed (listed above)")
+            raise SystemExit(f"monai_fovea: {rank}{len(self.failures)} of {total} input(s) failed (listed above)")
         return {"processed": self.processed, "written": written}
+
+
+def _rank_prefix() -> str:
+    import torch.distributed as dist
+
+    return f"rank {dist.get_rank()}: " if dist.is_available() and dist.is_initialized() else ""
 
 
 def torch_device(device: str | torch.device) -> torch.device:
@@ -187,3 +219,23 @@ def install_excepthook() -> None:
 
     hook._monai_fovea = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def shard_for_rank(items: Sequence[Any]) -> list[Any]:
+    """This rank's share of a cohort under ``torch.distributed`` (all of it without a process group).
+
+    Rank 0's list is broadcast first, so every rank shards the same list even when a fast rank has already written
+    outputs that a slower rank's own listing would skip; item ``i`` goes to rank ``i % world_size``, so each file is
+    processed by exactly one rank.
+
+    Example (the bundles' ``multi_gpu_inference.json``: ``"dataset#data": "$...shard_for_rank(@datalist)"``):
+        >>> shard_for_rank([1, 2, 3])  # no process group: everything
+        [1, 2, 3]
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(items)
+    box = [list(items) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0][dist.get_rank() :: dist.get_world_size()]

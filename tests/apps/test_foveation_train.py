@@ -34,12 +34,20 @@ def test_training_lowers_loss_and_writes_checkpoints(tmp_path):
     # joint training: the head moved too
     assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))
     assert [s for s, _ in hist["val"]] == [30, 60]
-    assert 0.0 <= hist["best_mean_iou"] <= 1.0 and len(hist["last_val"]["iou"]) == 5
-    for name in ("model.pt", "model_best.pt"):
+    vals = [v for _, v in hist["val"]]
+    assert 0.0 <= hist["best_mean_iou"] <= 1.0 and hist["best_mean_iou"] == max(vals)
+    assert hist["last_val"] == {"mean_iou": vals[-1], "step": 60}
+    for name in ("model.pt", "model_last.pt"):  # best by validation mean IoU, and last
         state = torch.load(tmp_path / name, weights_only=True)
         assert set(state) == set(model.state_dict())
-    torch.testing.assert_close(torch.load(tmp_path / "model.pt", weights_only=True), model.state_dict())
+    torch.testing.assert_close(torch.load(tmp_path / "model_last.pt", weights_only=True), model.state_dict())
+    if vals[-1] > vals[0]:  # the best is the last validated model
+        torch.testing.assert_close(torch.load(tmp_path / "model.pt", weights_only=True), model.state_dict())
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # the learning rate decayed as poly(0.9) over the 60 steps, stepped every iteration
+    resume = torch.load(tmp_path / "resume" / "resume.pt", weights_only=True)
+    assert resume["lr_scheduler"]["last_epoch"] == 60 and resume["trainer"]["iteration"] == 60
+    assert resume["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0)  # (1 - 60/60) ** 0.9
 
 
 def test_evaluate_perfect_model_gives_iou_one():
@@ -102,4 +110,34 @@ def test_distributed_training_with_gloo_keeps_ranks_in_sync(tmp_path):
             continue  # BatchNorm statistics are per rank (not synchronised without SyncBatchNorm)
         torch.testing.assert_close(s0[k], s1[k])  # gradients all-reduced: identical weights on both ranks
     assert any(not torch.equal(s0[k], init[k]) for k in s0)  # and they trained
-    assert (out_dir / "model.pt").is_file()  # written once, by rank 0
+    assert (out_dir / "model_last.pt").is_file()  # written once, by rank 0
+
+
+def test_prepare_batch_cuts_the_predicted_label_region_and_takes_one_image():
+    from monai_fovea.apps.foveation import FoveatedPrepareBatch
+
+    model = _model()  # patch sizes [16, 32, 64] -> 16 px, stride 8
+    label = torch.arange(32 * 32).reshape(1, 1, 32, 32)
+    centers = torch.tensor([[[8, 8], [16, 24]]])
+    prep = FoveatedPrepareBatch(model, ignore_index=-1)
+    image, target, (c,), kwargs = prep({"image": torch.zeros(1, 1, 32, 32), "label": label, "centers": centers})
+    assert image.shape == (1, 1, 32, 32) and torch.equal(c, centers[0]) and kwargs == {}
+    # the smallest field of view (16 px) around each centre, at the output size (16 px): the plain crop
+    assert torch.equal(target[0], label[0, 0, 0:16, 0:16]) and torch.equal(target[1], label[0, 0, 8:24, 16:32])
+    with pytest.raises(ValueError, match="one image"):
+        prep({"image": torch.zeros(2, 1, 32, 32), "label": label.repeat(2, 1, 1, 1), "centers": centers.repeat(2, 1, 1)})
+
+
+def test_dataset_mean_iou_ignores_label_and_excludes_classes():
+    from monai_fovea.apps.foveation import DatasetMeanIoU
+
+    m = DatasetMeanIoU(3, exclude=(0,), ignore_index=255)
+    m.reset()
+    pred = torch.tensor([[0, 1, 1, 2, 2]])
+    label = torch.tensor([[0, 1, 2, 2, 255]])
+    m.update(([pred], [label]))
+    # without the ignored pixel: class 1: 1 / 2, class 2: 1 / 2; class 0 excluded from the mean
+    assert m.compute() == pytest.approx(0.5)
+    # a perfect second image: dataset-level counts, class 1: TP 1 + 2, FP 1 -> 3/4; class 2: TP 1 + 2, FN 1 -> 3/4
+    m.update((pred[None], torch.tensor([[[0, 1, 1, 2, 2]]])))
+    assert m.compute() == pytest.approx(0.75)

@@ -1,4 +1,5 @@
-"""The foveation_wsi_segmentation bundle's app: stain-rule labels, IoU helper, dense wrapper, one training step."""
+"""The foveation_wsi_segmentation bundle's app: stain-rule labels, IoU helper, dense wrapper, one step of the training
+recipe, the evaluation's postprocessing and report."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_fovea.apps.foveation_wsi import DenseFoveated, build_network, stain_rule_labels, train
+from monai_fovea.apps.foveation_wsi import DenseFoveated, build_network, stain_rule_labels
 from monai_fovea.metrics import iou_per_class
-from monai_fovea.data.io import write_pyramidal_tiff
 
 GLASS, EOSIN, HAEM = (242, 242, 242), (232, 150, 205), (75, 40, 125)
 
@@ -53,20 +53,50 @@ def test_dense_wrapper_gives_probabilities():
     torch.testing.assert_close(out.sum(1), torch.ones(1, 128, 64))
 
 
-def test_one_training_step_updates_head_and_backbone(tmp_path):
-    img, _ = _he_image()
-    slide = tmp_path / "he.tif"
-    write_pyramidal_tiff(np.tile(img, (2, 2, 1)), slide, mpp=0.5, tile=64, levels=2, compression="lzw")
-    out = tmp_path / "model.pt"
-    result = train(slide, out, epochs=1, batch_size=2, max_steps=1, train_stride=32, seed=3)
-    assert result["steps"] == 1 and np.isfinite(result["loss"])
+def test_one_step_of_the_recipe_updates_head_and_backbone():
+    """One step of the bundle's recipe (train.json through train_foveation) on the bundle's network."""
+    from monai_fovea.apps.foveation import train_foveation
+
+    img, expected = _he_image()
+    item = {"image": torch.from_numpy(np.tile(img, (2, 2, 1)).transpose(2, 0, 1).copy()).float() / 255,
+            "label": torch.from_numpy(np.tile(expected, (2, 2)).astype(np.int64))[None]}
     torch.manual_seed(3)
-    initial = build_network().state_dict()
-    trained = torch.load(out, weights_only=True)
-    assert trained.keys() == initial.keys()
+    net = build_network()
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    history = train_foveation(net, [item], num_iterations=1, lr=2e-3, ignore_index=-100, progress=False, seed=3)
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    trained = net.state_dict()
     changed = {k for k in initial if initial[k].is_floating_point() and not torch.equal(initial[k], trained[k])}
     # one Adam step (lr 2e-3) moves each parameter by about lr at most: the same initialisation, one update
-    params = dict(build_network().named_parameters()).keys()
+    params = dict(net.named_parameters()).keys()
     assert max((trained[k] - initial[k]).abs().max().item() for k in params) <= 2.5e-3
     assert any(k.startswith("head.") and k.endswith("weight") for k in changed)
     assert any(k.startswith("backbone.") and k.endswith("weight") for k in changed)
+
+
+def test_read_label_rows_and_segmentation_report(tmp_path):
+    """Evaluation postprocessing and report: rows of the written label map against the truth, hand-computed IoU."""
+    import json
+    from types import SimpleNamespace
+
+    from monai_fovea.apps.foveation_wsi import ReadLabelRowsd, SegmentationReport
+    import tifffile
+
+    label_map = np.zeros((6, 4), np.uint8)
+    label_map[3:, :2] = 1  # rows 3..5: [[1, 1, 0, 0]] * 3
+    tifffile.imwrite(tmp_path / "s_label.tif", label_map)
+    truth = torch.zeros(1, 3, 4, dtype=torch.int64)
+    truth[0, :, 0] = 1  # class 1 in column 0 only
+    d = ReadLabelRowsd("pred")({"pred": {"label": str(tmp_path / "s_label.tif")}, "rows": [3, 6], "truth": truth,
+                                "label": None})
+    assert d["pred"].tolist() == [[[1, 1, 0, 0]] * 3] and d["label"] is truth
+    report = SegmentationReport(tmp_path, ("bg", "fg"), inferer=SimpleNamespace(last_stats={"predicted": 2}))
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={}, batch=[{"rows": [3, 6]}], output=[d]))
+    report._collect(engine)
+    report._write(engine)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    # bg: pred 6 px, truth 9 px, both 6 -> 6/9; fg: pred 6, truth 3, both 3 -> 3/6
+    assert m["iou"] == pytest.approx({"bg": 6 / 9, "fg": 0.5})
+    assert m["mean_iou"] == pytest.approx((6 / 9 + 0.5) / 2) and m["mean_iou_fg"] == pytest.approx(0.5)
+    assert m["pixel_accuracy"] == pytest.approx(9 / 12) and m["test_rows"] == [3, 6]
+    assert m["inference"] == {"predicted": 2} and engine.state.metrics["mean_iou"] == m["mean_iou"]

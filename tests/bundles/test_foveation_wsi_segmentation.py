@@ -4,6 +4,7 @@ user runs it, a failing run, and DDP training with gloo on CPU through torchrun.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -147,27 +148,106 @@ def test_a_slide_scanned_at_half_the_um_per_px_gives_the_same_labels(slide_crop,
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95, k
 
 
-def test_multi_gpu_train_ddp_gloo_cpu(tmp_path):
-    """torchrun with 2 processes on CPU (gloo): 1 epoch capped at 2 steps; rank 0 writes a loadable state dict."""
-    model = tmp_path / "model.pt"
-    configs = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
-    # a free port of our own: ``--standalone`` rendezvouses on the fixed port 29400, which another torchrun
-    # on the same machine (a parallel test worker) may hold
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={port}",
-           "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE),
-           "--output", str(model), "--log_dir", str(tmp_path / "logs"), "--epochs", "1", "--max_steps", "2",
-           "--batch_size", "4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _train_cmd(tmp_path: Path, *extra: dict, multi_gpu: bool = False, **args) -> list[str]:
+    """``-m monai.bundle run`` of train.json (+ multi_gpu_train.json) + tiny settings + ``extra`` override files."""
+    files = [BUNDLE / "configs" / "train.json"] + ([BUNDLE / "configs" / "multi_gpu_train.json"] if multi_gpu else [])
+    tiny = {"epoch_length": 2, "features": [4, 4, 4, 4, 4, 4], "sw_batch_size": 64}
+    for i, override in enumerate((tiny, *extra)):
+        files.append(tmp_path / f"override{i}.json")
+        files[-1].write_text(json.dumps(override))
+    cmd = ["-m", "monai.bundle", "run", "--config_file", repr([str(f) for f in files])]
+    for key, value in args.items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def _run(cmd: list[str], torchrun_procs: int = 0) -> subprocess.CompletedProcess:
+    if torchrun_procs:
+        # a free port of our own: ``--standalone`` rendezvouses on the fixed port 29400, which another torchrun
+        # on the same machine (a parallel test worker) may hold
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = ["-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={torchrun_procs}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", *cmd]
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+
+
+SAVE_RANKS = {"run": [
+    "$@train#trainer.run()",
+    "$torch.save({'params': {k: v.detach().clone() for k, v in @network.named_parameters()}, "
+    "'loss': @train#trainer.state.output['loss'].item()}, @output_dir + f'/rank{dist.get_rank()}.pt')"]}
+
+
+@pytest.mark.parametrize("mode", ["soft", "fixed"])
+def test_multi_gpu_train_ddp_gloo_cpu_ranks_end_identical(tmp_path, mode):
+    """torchrun, 2 processes, gloo, train.json + multi_gpu_train.json, 2 epochs of 2 steps: both ranks train on the
+    same slide with their own random locations and flips, and end with identical parameters; in ``fixed`` mode
+    the head gets no gradient (DDP needs ``find_unused_parameters``, which the config sets from the mode)."""
+    out = tmp_path / "runs"
+    proc = _run(_train_cmd(tmp_path, SAVE_RANKS, multi_gpu=True, model_dir=tmp_path / "models", output_dir=out,
+                           max_epochs=2, mode=mode), torchrun_procs=2)
     errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln or "error:" in ln]
     assert proc.returncode == 0, "\n".join(errors[-20:]) + proc.stderr[-3000:]
-    assert proc.stdout.count("'world_size': 2") == 2  # both ranks trained in one process group
-    net = build_network()
-    net.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["loss"] != r1["loss"]  # different samples on the two ranks ...
+    assert r0["params"].keys() == r1["params"].keys()
+    for k in r0["params"]:  # ... identical parameters afterwards (gradients all-reduced)
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    net = build_network(features=(4, 4, 4, 4, 4, 4), mode=mode)
+    net.load_state_dict(torch.load(tmp_path / "models" / "model_last.pt", map_location="cpu", weights_only=True))
+    assert all(torch.equal(p, r0["params"][k]) for k, p in net.named_parameters())  # rank 0 saved them
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt", "model_last.pt"]
+    resume = torch.load(out / "resume" / "resume.pt", weights_only=True)
+    assert resume["trainer"]["iteration"] == 4 and len(resume["rng"]) == 2  # one random state per rank
+
+
+def test_multi_gpu_train_in_fixed_mode_needs_find_unused_parameters(tmp_path):
+    """The failure the config guards against: DDP without ``find_unused_parameters`` in ``fixed`` mode."""
+    off = {"train#network#find_unused_parameters": False}
+    proc = _run(_train_cmd(tmp_path, off, multi_gpu=True, model_dir=tmp_path / "models",
+                           output_dir=tmp_path / "runs", max_epochs=1, mode="fixed"), torchrun_procs=2)
+    assert proc.returncode != 0
+    assert "Expected to have finished reduction" in proc.stdout + proc.stderr
+
+
+def test_train_killed_mid_epoch_and_started_again_ends_with_the_same_weights(tmp_path):
+    """SIGKILL after iteration 3 (epoch 2 of 3), the same command again: same final weights as the uninterrupted run
+    (model, Adam, poly LR, iteration, random locations and flips restored)."""
+    import signal
+
+    kill = {"+imports": ["$import signal", "$from ignite.engine import Events"], "run": [
+        "$@train#trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), "
+        "lambda e: os.kill(os.getpid(), signal.SIGKILL))", "$@train#trainer.run()"]}
+    runs = {}
+    for name, extra in (("straight", ()), ("killed", (kill,)), ("killed_again", ())):
+        folder = tmp_path / name.split("_")[0]
+        runs[name] = _run(_train_cmd(tmp_path, *extra, model_dir=folder / "models", output_dir=folder / "runs",
+                                     max_epochs=3))
+    assert runs["straight"].returncode == 0, runs["straight"].stderr[-3000:]
+    assert runs["killed"].returncode == -signal.SIGKILL
+    assert runs["killed_again"].returncode == 0, runs["killed_again"].stderr[-3000:]
+    a = torch.load(tmp_path / "straight" / "models" / "model_last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "models" / "model_last.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    initial = build_network(features=(4, 4, 4, 4, 4, 4)).state_dict()
+    assert any(not torch.equal(a[k], initial[k]) for k in a if a[k].is_floating_point())
+
+
+def test_evaluate_reproduces_the_documented_held_out_scores(tmp_path, run_bundle):
+    """evaluate.json (the validation part of train.json with the streaming WSI inferer) on the held-out bottom
+    half with the shipped weights: the numbers of the README and metadata.json."""
+    import json as _json
+
+    run_bundle(NAME, ["train.json", "evaluate.json"], output_dir=str(tmp_path), device="cpu")
+    metrics = _json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_rows"] == [1483, 2967]
+    assert metrics["iou"] == pytest.approx({"background": 0.947, "tissue": 0.835, "nuclei": 0.709}, abs=5e-4)
+    assert metrics["mean_iou"] == pytest.approx(0.830, abs=5e-4)
+    assert metrics["pixel_accuracy"] == pytest.approx(0.947, abs=5e-4)
+    assert metrics["inference"]["predicted"] == 748 and metrics["inference"]["skipped"] == 897
+    assert (tmp_path / "cmu_small_region_label.tif").is_file()
 
 
 def test_inference_default_sample_input(tmp_path, run_bundle):

@@ -131,8 +131,9 @@ def blob_patches(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
 # `FoveatedSegmenter` accepts any backbone that maps `[N, C, 16, 16]` to `[N, classes, 16, 16]`; the paper used
 # HRNet, here a four-layer dilated CNN keeps the training to seconds on one CPU core. The foveation head is the
 # paper's 3-layer CNN on the low-resolution image (one pixel per `stride` = 16 px cell). `train_foveation`
-# implements the authors' loop: one image per step, 16 random locations of it, cross-entropy on the
-# smallest-FoV region. `balanced=True` draws the locations class-balanced, because the objects cover only a few
+# runs the project's one foveation recipe -- the `foveation_wsi_segmentation` bundle's `train.json`, a MONAI
+# `SupervisedTrainer` workflow -- on these images: the authors' loop of one image per step, 16 random locations of
+# it, cross-entropy on the smallest-FoV region, Adam with poly learning-rate decay. `balanced=True` draws the locations class-balanced, because the objects cover only a few
 # percent of the image. The `fixed` mode with index 0 is the baseline: always the 16 px FoV at full resolution.
 
 

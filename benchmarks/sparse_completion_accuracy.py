@@ -2,7 +2,7 @@
 half resolution per axis (1/8 of the voxels), side by side.
 
 * Sparse: the bundle's ``SparseCompletionNet`` (``bundles/sparse_skull_completion/models/model.pt``, trained by
-  its ``train.json``: whole volumes, 75 % of the steps on the CT skull) on the full-resolution CT skull
+  the previous loop of its ``train.json`` recipe: whole volumes, 75 % of the steps on the CT skull) on the full-resolution CT skull
   (0.957 x 0.957 x 1.5 mm).
 * Dense: MONAI ``UNet`` (channels 8-16-32-64, strides 2-2-2) trained here exactly like the sparse net -- same skull
   choice, same defect stream (:func:`monai_fovea.apps.sparse_completion.make_defect_case`, seeds disjoint from the
@@ -58,8 +58,9 @@ def _dense_batch(case, box):
 
 def train_dense(steps: int, lr: float, crop_size, real_fraction: float = 0.75, seed: int = 0,
                 device: str = "cpu", loss_name: str = "bce") -> torch.nn.Module:
-    """The dense baseline, trained like ``sparse_completion.train``: the same skull choice and defect stream
-    (same seeds, so the same defects in the same order), whole volumes (``crop_size=None``) or crops."""
+    """The dense baseline, trained like the shipped sparse model (the previous hand-written loop of the bundle's
+    recipe): the same skull choice and defect stream (same seeds, so the same defects in the same order), whole
+    volumes (``crop_size=None``) or crops."""
     from tqdm import tqdm
 
     from monai_fovea.apps.sparse_completion import (_crop_box, _pick_skull, load_ct_skull, make_defect_case,

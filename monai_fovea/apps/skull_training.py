@@ -36,6 +36,7 @@ __all__ = [
     "training_skulls",
     "RandSkullChoiced",
     "CompletionTargetd",
+    "SuperResInputd",
     "prepare_completion_batch",
     "CompletionLevels",
     "MultiLevelOccupancyLoss",
@@ -99,6 +100,34 @@ class RandSkullChoiced(Randomizable, MapTransform):
         self.randomize()
         d = dict(data)
         d[self.key] = self.skulls[self._index][None].astype(np.uint8)
+        return d
+
+
+class SuperResInputd(MapTransform):
+    """Super-resolution pair from a full-resolution mask ``d[key]`` ``[1, *S]``: ``d["image"]`` = edge shell of
+    :func:`~monai_fovea.apps.sparse_completion.superres_input` (the mask max-pooled by ``factor`` and upsampled back),
+    ``d["label"]`` = the mask (uint8): the network refines the coarse occupancy to full resolution.
+
+    Example:
+        >>> m = np.zeros((1, 8, 8, 8), np.uint8); m[0, 2:5, 2:5, 2:5] = 1
+        >>> d = SuperResInputd("complete", factor=2)({"complete": m})
+        >>> int(d["label"].sum()), tuple(d["image"].shape)
+        (27, (1, 8, 8, 8))
+    """
+
+    def __init__(self, key: str = "complete", factor: int = 2) -> None:
+        super().__init__([key])
+        self.key, self.factor = key, int(factor)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai_fovea.apps.sparse_completion import superres_input
+        from monai_fovea.transforms import EdgeShell
+
+        d = dict(data)
+        mask = np.asarray(torch.as_tensor(d[self.key]).detach().cpu()[0] > 0)
+        coarse = torch.from_numpy(superres_input(mask, self.factor)[None].astype(np.float32))
+        d["image"] = EdgeShell()(coarse).float()
+        d["label"] = torch.from_numpy(mask[None].astype(np.uint8))
         return d
 
 

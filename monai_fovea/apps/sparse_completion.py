@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from monai_fovea.data.io import save_state_dict
 
 __all__ = [
     "BUNDLE_CHANNELS",
@@ -288,30 +287,48 @@ def superres_input(mask: np.ndarray, factor: int = 2) -> np.ndarray:
 
 def train_superres(output_path: str | os.PathLike, steps: int = 400, lr: float = 5e-3,
                    channels: Sequence[int] = BUNDLE_CHANNELS, factor: int = 2, crop_size: Sequence[int] = (64, 64, 64),
-                   skull_seeds: Sequence[int] = (100, 101, 102), seed: int = 0) -> dict[str, Any]:
+                   skull_seeds: Sequence[int] = (100, 101, 102), seed: int = 0,
+                   device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train a ×``factor`` occupancy super-resolution net on synthetic skulls only (the CT skull stays held out).
 
-    Input: edge shell of :func:`superres_input`; target: the full-resolution mask (all its voxels). Same network
-    and multi-level loss as the completion task. Saves the ``build_network`` state dict to ``output_path``."""
-    from monai_fovea.networks.sparse_blocks import dense_to_spconv
+    Runs the bundle's training workflow (``configs/train.json``) with its ``configs/train_superres.json`` override:
+    the skulls in turn, a ``crop_size`` crop around a random skull voxel (``RandCropByPosNegLabeld``), input = edge
+    shell of :func:`superres_input`, target = the full-resolution mask (:class:`~monai_fovea.apps.skull_training.
+    SuperResInputd`); the same network, multi-level loss, Adam (amsgrad) and handlers as the completion task, no
+    validation. Saves the ``build_network`` state dict (the last step) to ``output_path``.
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    skulls = synthetic_skulls(skull_seeds)
-    model = build_network(channels)
-    opt = torch.optim.Adam(model.net.parameters(), lr=lr, amsgrad=True)
-    model.net.train()
-    losses = []
-    for step in tqdm(range(steps), desc=f"train x{factor} super-resolution"):
-        skull = skulls[step % len(skulls)]
-        box = _crop_box({"complete": skull, "implant": skull}, crop_size, rng, around_defect=False)
-        shell, target = completion_target(superres_input(skull[box], factor), skull[box])
-        loss, _ = model.net.loss(dense_to_spconv(shell), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    save_state_dict(model, output_path)
+    Returns:
+        ``{"losses": [per step], "output_path": str}``.
+
+    Example:
+        >>> train_superres("/tmp/sr.pt", steps=400)  # doctest: +SKIP
+    """
+    import shutil
+    import tempfile
+
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    from monai_fovea.apps.bundles import bundle_root
+
+    configs = Path(bundle_root("sparse_skull_completion")) / "configs"
+    losses: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.json"), str(configs / "train_superres.json")])
+        parser.read_meta(str(configs / "metadata.json"))
+        parser.update({"device": torch.device(device), "channels": list(channels), "superres_factor": int(factor),
+                       "superres_crop": list(crop_size), "superres_skull_seeds": list(skull_seeds),
+                       "learning_rate": lr, "epoch_length": int(steps), "max_epochs": 1, "seed": seed,
+                       "model_dir": tmp, "output_dir": tmp, "checkpoint_dir": str(Path(tmp) / "resume")})
+        set_determinism(seed=seed)
+        trainer = parser.get_parsed_content("train#trainer")
+        trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                                  lambda e: losses.append(float(e.state.output["loss"].detach())))
+        trainer.run()
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp) / "model_last.pt", output_path)
     return {"losses": losses, "output_path": str(output_path)}
 
 

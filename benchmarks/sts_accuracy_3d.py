@@ -39,7 +39,7 @@ def make_net() -> torch.nn.Module:
 
 def halves():
     """(train item, test item): the split of ``aal_structures_split`` (the bundle's ``train_3d.json`` uses it too)."""
-    return aal_structures_split("train")[0], aal_structures_split("test")[0]
+    return aal_structures_split("train_full")[0], aal_structures_split("test")[0]
 
 
 def main() -> None:

@@ -1,7 +1,14 @@
-"""Training and evaluation of segment-then-segment (seed 001): the coarse net on uniformly downscaled images, the
-fine net on ground-truth component crops, soft-Dice loss, Adam, best checkpoint by validation DSC.
+"""Segment-then-segment (seed 001): what the bundle's MONAI workflows name beyond MONAI.
 
-Used by ``bundles/segment_then_segment/configs/{train,evaluate,multi_gpu_train}.json`` and ``benchmarks/``.
+Training is the bundle's ``configs/train.json``: two MONAI ``SupervisedTrainer``s (the coarse net on uniformly
+downscaled tiles, then the fine net on ground-truth component crops), each validated by a ``SupervisedEvaluator``
+(``ValidationHandler``) with MONAI's ``MeanDice``, best checkpoint by validation DSC, resumable
+(:mod:`monai_fovea.apps.training`). This module holds the method-specific pieces those configs name: the data splits
+(``sample_split``, ``aal_structures_split``), the training transforms (``coarse_train_transform``,
+``fine_train_transform``), the coarse-only baseline as an inferer (``CoarseMaskInferer``), history/metrics writers,
+``train`` (runs ``train.json`` on in-memory items: the recipe shared by bundle, benchmarks and tutorial) and
+``evaluate`` (per-image scores in Python, for the benchmarks).
+
 Data items are dicts ``{"image": [C, *S] float array in [0, 1], "label": [1, *S] mask}`` held in memory (the
 sample images are small); 2D and 3D alike.
 
@@ -13,22 +20,23 @@ Sample split of the bundle (``sample_split``), no pixel in two parts:
 3D split (``aal_structures_split``, the bundle's ``train_3d.json`` and ``benchmarks/sts_accuracy_3d.py``):
 
 * ``mri_ch2`` T1 (181 × 217 × 181, 1 mm), AAL amygdala / pallidum / Heschl gyrus (labels 41, 42, 75, 76, 79, 80):
-  train = left hemisphere (array x >= 91), test = right hemisphere (x < 90) mirrored along x; both cut to the box
-  around the structures of both halves plus 8 voxels (76 × 61 × 64).
+  the half with array x >= 91 (the even labels), cut to the box around the structures of both halves plus 8
+  voxels (76 × 61 × 64), is split along its second axis (posterior → anterior) at index 44: train = slices 0-43,
+  validation = slices 44-60 (scored there only, the rest of the half as unlabelled context); test = the other half
+  (x < 90) mirrored along x, the whole box.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from monai.data import DataLoader, Dataset
-from monai.losses import DiceLoss
+from monai.inferers import Inferer
 from monai.networks.nets import BasicUNet
 from monai.transforms import (
     AsDiscreted,
@@ -40,10 +48,8 @@ from monai.transforms import (
     Resized,
     ScaleIntensityRangePercentiles,
 )
-from tqdm.auto import tqdm
 
 from monai_fovea.inferers.segment_then_segment import SegmentThenSegmentInferer
-from monai_fovea.data.io import save_state_dict
 from monai_fovea.metrics import segmentation_scores
 from monai_fovea.transforms.boxes import RandComponentCropd
 
@@ -54,11 +60,15 @@ __all__ = [
     "sample_split",
     "coarse_train_transform",
     "fine_train_transform",
-    "train_net",
+    "repeat_items",
+    "CoarseMaskInferer",
+    "write_history",
+    "write_metrics",
     "train",
     "evaluate",
     "AAL_STRUCTURES",
     "aal_structures_split",
+    "AAL_VAL_START",
     "default_input_3d",
 ]
 
@@ -152,76 +162,6 @@ def fine_train_transform(fine_size: Sequence[int], max_shift: int = 16, margin: 
     ])
 
 
-def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
-    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
-
-
-def train_net(
-    net: torch.nn.Module,
-    items: list[dict],
-    transform: Callable,
-    validate: Callable[[torch.nn.Module], float],
-    checkpoint: str | Path,
-    epochs: int = 10,
-    samples_per_epoch: int = 64,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    device: str | torch.device = "cpu",
-    distributed: bool = False,
-    progress: bool = True,
-    seed: int = 0,
-    loss_fn: Callable | None = None,
-) -> dict[str, list[float]]:
-    """Train ``net`` with soft Dice (sigmoid; or ``loss_fn``) and Adam; after every epoch ``validate(net)`` → DSC, and the best
-    state dict (plain, unwrapped) is saved to ``checkpoint`` (by rank 0 under DDP).
-
-    Returns:
-        ``{"loss": mean loss per epoch, "val_dice": DSC per epoch}``.
-
-    Example:
-        >>> net = build_unet(2, 1)
-        >>> history = train_net(net, items, fine_train_transform((64, 64)),
-        ...                     lambda n: 0.0, "fine.pt", epochs=2)  # doctest: +SKIP
-    """
-    device = torch.device(device)
-    net = net.to(device)
-    rank = dist.get_rank() if distributed else 0
-    pool = [items[i % len(items)] for i in range(samples_per_epoch)]  # each draw gets its own random crop
-    if hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed + rank)  # MONAI transforms draw from their own RandomState, not torch's
-    dataset = Dataset(pool, transform)
-    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=seed) if distributed else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=0)
-    model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
-    loss_fn = DiceLoss(sigmoid=True) if loss_fn is None else loss_fn
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history: dict[str, list[float]] = {"loss": [], "val_dice": []}
-    best = -1.0
-    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-    for epoch in tqdm(range(epochs), desc=f"train {Path(checkpoint).stem}", disable=not progress or rank != 0):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
-        losses = []
-        for batch in loader:
-            optimizer.zero_grad()
-            loss = loss_fn(model(batch["image"].to(device)), batch["label"].to(device))
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach().item())
-        history["loss"].append(float(np.mean(losses)))
-        model.eval()
-        score = float(validate(_unwrap(model)))
-        history["val_dice"].append(score)
-        if score > best and rank == 0:
-            best = score
-            save_state_dict(model, checkpoint)
-    if distributed:
-        dist.barrier()  # rank 0 has written the best checkpoint
-    _unwrap(model).load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
-    return history
-
-
 def _inferer(coarse_size, fine_size, device, **kwargs) -> SegmentThenSegmentInferer:
     return SegmentThenSegmentInferer(coarse_size, fine_size, sw_device=device, device=device, **kwargs)
 
@@ -263,80 +203,171 @@ def evaluate(
     }
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# What the bundle's MONAI training workflow (configs/train.json) names beyond MONAI
+
+
+def repeat_items(items: Sequence[dict], samples_per_epoch: int) -> list[dict]:
+    """``samples_per_epoch`` items cycling through ``items``: the training set of one epoch, each draw getting its own
+    random crop from the training transform.
+
+    Example:
+        >>> [d["id"] for d in repeat_items([{"id": 0}, {"id": 1}], 5)]
+        [0, 1, 0, 1, 0]
+    """
+    if samples_per_epoch < 1 or not items:
+        raise ValueError(f"need items and samples_per_epoch >= 1, got {len(items)} items, {samples_per_epoch}.")
+    return [items[i % len(items)] for i in range(samples_per_epoch)]
+
+
+class CoarseMaskInferer(Inferer):
+    """The coarse-only baseline as a MONAI inferer: ``inferer.coarse_mask(inputs, network)`` of a
+    :class:`~monai_fovea.inferers.SegmentThenSegmentInferer` (the coarse net's probabilities on the downscaled
+    image, upsampled to full resolution, thresholded), so a ``SupervisedEvaluator`` scores the coarse net alone at
+    full resolution, the way segment-then-segment is scored.
+
+    Example:
+        >>> sts = SegmentThenSegmentInferer(coarse_size=None, coarse_scale=4, fine_size=16, coarse_min_side=8)
+        >>> CoarseMaskInferer(sts)(torch.rand(1, 1, 64, 64), torch.nn.Conv2d(1, 1, 1)).shape
+        torch.Size([1, 1, 64, 64])
+    """
+
+    def __init__(self, inferer: SegmentThenSegmentInferer) -> None:
+        super().__init__()
+        self.inferer = inferer
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        coarse = network.coarse if hasattr(network, "coarse") and hasattr(network, "fine") else network
+        return self.inferer.coarse_mask(inputs, coarse)
+
+
+def _per_epoch(values: list[tuple[int, float]], epoch_length: int) -> list[float]:
+    by_epoch: dict[int, list[float]] = {}
+    for iteration, value in values:
+        by_epoch.setdefault((int(iteration) - 1) // epoch_length, []).append(float(value))
+    return [float(np.mean(by_epoch[e])) for e in sorted(by_epoch)]
+
+
+def write_history(path: str | Path, histories: dict[str, Any], epoch_lengths: dict[str, int],
+                  key_metric: str = "val_dice") -> dict[str, dict[str, Any]]:
+    """Write (rank 0, atomically) the training history of each stage from its MONAI ``MetricLogger``: mean loss per
+    epoch, the key validation metric per validation, and the best one with its epoch (1-based, ``val_interval`` 1).
+
+    Returns:
+        ``{stage: {"loss": [...], "val_dice": [...], "best_val_dice": x, "best_epoch": e}}``.
+
+    Example (the last step of ``train.json``'s ``run``):
+        >>> write_history("models/train_history.json", {"coarse": logger}, {"coarse": 8})  # doctest: +SKIP
+    """
+    from monai_fovea.apps.training import is_rank_zero
+    from monai_fovea.data.io import atomic_output
+
+    out: dict[str, dict[str, Any]] = {}
+    for stage, history in histories.items():
+        vals = [float(v) for _, v in history.metrics.get(key_metric, [])]
+        best = int(np.argmax(vals)) if vals else -1
+        out[stage] = {"loss": _per_epoch(history.loss, epoch_lengths[stage]), key_metric: vals,
+                      f"best_{key_metric}": vals[best] if vals else None, "best_epoch": best + 1 if vals else None}
+    if is_rank_zero():
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def write_metrics(path: str | Path, metrics: dict[str, dict[str, Any]], prefix: str = "val_") -> dict:
+    """Write (rank 0, atomically) ``{"coarse": {...}, "sts": {...}}`` from the evaluators' ``state.metrics`` with the
+    ``prefix`` removed from the names (``val_dice`` → ``dice``), and print it.
+
+    Example (``evaluate.json``):
+        >>> write_metrics("eval/metrics.json", {"sts": {"val_dice": 0.93}})  # doctest: +SKIP
+        {'sts': {'dice': 0.93}}
+    """
+    from monai_fovea.apps.training import is_rank_zero
+    from monai_fovea.data.io import atomic_output
+
+    out = {stage: {(k[len(prefix):] if k.startswith(prefix) else k): float(v) for k, v in m.items()}
+           for stage, m in metrics.items()}
+    if is_rank_zero():
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1))
+    return out
+
+
 def train(
     train_items: list[dict],
     val_items: list[dict],
     model_dir: str | Path,
-    coarse_size: int | Sequence[int] = 32,
-    fine_size: int | Sequence[int] = 32,
-    tile_size: int | Sequence[int] = 256,
-    spatial_dims: int = 2,
-    in_channels: int = 1,
-    features: Sequence[int] = (8, 16, 32, 64, 128, 8),
-    coarse_epochs: int = 10,
-    fine_epochs: int = 10,
-    samples_per_epoch: int = 64,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    device: str | torch.device = "cpu",
-    init_fine_from_coarse: bool = True,
-    distributed: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    coarse_name: str = "coarse.pt",
-    fine_name: str = "model.pt",
+    config: str | Sequence[str] = "train.json",
     network_fn: Callable[[], torch.nn.Module] | None = None,
     loss_fn: Callable | None = None,
+    lr: float | None = None,
+    progress: bool | None = None,
+    **overrides: Any,
 ) -> dict:
-    """Train the coarse net (downscaled tiles), then the fine net (GT crops; initialised from the coarse net when
-    ``init_fine_from_coarse``), each keeping its best checkpoint by validation DSC: coarse-only DSC for the coarse
-    net, segment-then-segment DSC (with the best coarse net) for the fine net.
+    """Run the bundle's MONAI training workflow (``bundles/segment_then_segment/configs/train.json``: the one recipe of
+    the bundle, the benchmarks and the tutorial) on in-memory items.
 
-    Writes ``model_dir/coarse_name`` and ``model_dir/fine_name`` (plain state dicts). ``network_fn`` builds any
-    other MONAI network (one output channel, logits) for both stages instead of ``build_unet``; ``loss_fn``
-    replaces the soft Dice loss (e.g. ``DiceCELoss(sigmoid=True)`` for very small foreground fractions).
+    Args:
+        train_items / val_items: ``[{"image": [C, *S], "label": [1, *S]}]`` arrays.
+        model_dir: where ``coarse.pt`` and ``model.pt`` (best epochs by validation DSC, plain state dicts) and
+            ``train_history.json`` go. Resume checkpoints and TensorBoard logs go to ``model_dir/runs`` unless
+            ``output_dir`` is given: a second call with the same folders resumes (and trains nothing more when the
+            first one finished).
+        config: config file name(s) in the bundle's ``configs/`` (e.g. ``["train.json", "train_3d.json"]``).
+        network_fn: builds the network of both stages (default: the config's ``network_def``).
+        loss_fn: the loss (default: the config's soft Dice).
+        lr: the learning rate (config key ``learning_rate``).
+        progress: ignored (MONAI's ``StatsHandler`` logs each iteration); kept for older callers.
+        overrides: any other config key: ``coarse_size``, ``fine_size``, ``tile_size`` (an int is repeated over
+            ``spatial_dims``), ``spatial_dims``, ``in_channels``, ``features``, ``coarse_epochs``, ``fine_epochs``,
+            ``samples_per_epoch``, ``batch_size``, ``device``, ``init_fine_from_coarse``, ``seed``…
 
     Returns:
-        ``{"coarse": history, "fine": history, "val": evaluate(...) of the best nets}``.
+        the history written to ``train_history.json``: per stage the loss per epoch, the validation DSC per epoch and
+        the best one (``best_val_dice``, ``best_epoch``).
 
     Example:
-        >>> out = train(sample_split("dsb2018_nuclei", "train"), sample_split("dsb2018_nuclei", "val"),
-        ...             "models", coarse_size=64, fine_size=64)  # doctest: +SKIP
-        >>> out["val"]["sts"]["dice"]  # doctest: +SKIP
-        0.918
+        >>> train(sample_split("dsb2018_nuclei", "train"), sample_split("dsb2018_nuclei", "val"), "models",
+        ...       coarse_epochs=2, fine_epochs=2)["fine"]["best_val_dice"]  # doctest: +SKIP
+        0.71
     """
-    from monai.utils import ensure_tuple_rep, set_determinism
+    from monai.bundle import ConfigParser
+    from monai.utils import ensure_tuple_rep
 
-    set_determinism(seed)
-    coarse = tuple(ensure_tuple_rep(coarse_size, spatial_dims))
-    fine = tuple(ensure_tuple_rep(fine_size, spatial_dims))
-    tile = tuple(ensure_tuple_rep(tile_size, spatial_dims))
-    model_dir = Path(model_dir)
-    make = network_fn if network_fn is not None else (lambda: build_unet(spatial_dims, in_channels, features))
-    coarse_net, fine_net = make(), make()
-    common = dict(samples_per_epoch=samples_per_epoch, batch_size=batch_size, lr=lr, device=device,
-                  distributed=distributed, progress=progress, seed=seed, loss_fn=loss_fn)
-    coarse_hist = train_net(
-        coarse_net, train_items, coarse_train_transform(coarse, tile),
-        lambda net: evaluate(val_items, net, None, coarse, fine, device)["coarse"]["dice"],
-        model_dir / coarse_name, epochs=coarse_epochs, **common,
-    )
-    if init_fine_from_coarse:
-        fine_net.load_state_dict(copy.deepcopy(coarse_net.state_dict()))
-    coarse_net.eval()
-    fine_hist = train_net(
-        fine_net, train_items, fine_train_transform(fine),
-        lambda net: evaluate(val_items, coarse_net, net, coarse, fine, device)["sts"]["dice"],
-        model_dir / fine_name, epochs=fine_epochs, **common,
-    )
-    val = evaluate(val_items, coarse_net, fine_net, coarse, fine, device)
-    return {"coarse": coarse_hist, "fine": fine_hist, "val": val}
+    from monai_fovea.apps.bundles import bundle_root
+
+    configs = [config] if isinstance(config, str) else list(config)
+    parser = ConfigParser()
+    parser.read_config([str(Path(bundle_root("segment_then_segment")) / "configs" / c) for c in configs])
+    if lr is not None:
+        overrides["learning_rate"] = lr
+    dims = int(overrides.get("spatial_dims", parser["spatial_dims"]))
+    for key in ("coarse_size", "fine_size", "tile_size"):
+        if key in overrides:
+            overrides[key] = [int(v) for v in ensure_tuple_rep(overrides[key], dims)]
+    overrides.setdefault("output_dir", str(Path(model_dir) / "runs"))
+    parser["train_items"] = train_items
+    parser["val_items"] = val_items
+    parser["model_dir"] = str(model_dir)
+    for key, value in overrides.items():
+        parser[key] = value
+    if network_fn is not None:
+        for key in ("coarse_def", "coarse_selected_def", "network_def"):
+            parser[key] = network_fn()
+    if loss_fn is not None:
+        parser["loss"] = loss_fn
+    parser.parse(reset=True)
+    for section in ("initialize", "run", "finalize"):
+        for i in range(len(parser[section])):
+            parser.get_parsed_content(f"{section}#{i}")
+    return json.loads((Path(model_dir) / parser["history_name"]).read_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 3D: AAL small structures on the mri_ch2 T1 (data of train_3d.json / benchmarks/sts_accuracy_3d.py), NIfTI inference
 
-AAL_STRUCTURES = (41, 42, 75, 76, 79, 80)  # amygdala, pallidum, Heschl gyrus (left, right)
+AAL_STRUCTURES = (41, 42, 75, 76, 79, 80)  # amygdala, pallidum, Heschl gyrus (AAL: odd = left, even = right)
 _AAL_MARGIN = 8
 
 
@@ -374,25 +405,49 @@ def _aal_halves() -> dict[str, dict]:
     return out
 
 
+AAL_VAL_START = 44  # second-axis index of the crop where the validation slab of the training half begins
+
+
 def aal_structures_split(part: str = "train") -> list[dict[str, np.ndarray]]:
     """Held-out 3D split of the ``mri_ch2`` T1 for the union of the AAL amygdala, pallidum and Heschl gyrus.
 
-    ``train`` = left hemisphere (array x >= 91, RAS x > 0); ``test`` = right hemisphere (x < 90) mirrored along x
-    so that it looks like a left one. Both are cut to the same field of view, the box around the six structures of
-    both halves plus 8 voxels (76 × 61 × 64). The image is normalised on the whole head (1st-99.8th percentile)
-    before cutting. No voxel is in both parts; there is no separate validation volume (one subject).
+    Both hemispheres are cut to the same field of view, the box around the six structures of both halves plus 8
+    voxels (76 × 61 × 64); the image is normalised on the whole head (1st-99.8th percentile) before cutting.
+
+    * ``train``: the half with array x >= 91 (RAS x > 0, AAL's even labels 42, 76, 80), second-axis (posterior →
+      anterior) slices 0-43 of the box (76 × 44 × 64): all of Heschl's gyrus, 80 % of the amygdala, 70 % of the
+      pallidum (5051 structure voxels);
+    * ``val``: the same half, scored on slices 44-60 only: the anterior 20 % of the amygdala and 30 % of the
+      pallidum (1038 voxels). The item is the whole half (so the coarse net sees the volume it is made for, not a
+      17-slice sliver) with ``label`` zero on slices 0-43 and ``score_mask`` = 1 on slices 44-60: a validation that
+      masks ``pred`` and ``label`` with ``score_mask`` (``MaskIntensityd``, as ``train_3d.json`` does) scores no
+      training voxel; the training slices are unlabelled context there;
+    * ``test``: the other half (array x < 90, the odd labels) mirrored along x so that it looks like the first,
+      the whole box;
+    * ``train_full``: the whole first half with all its labels (76 × 61 × 64; what
+      ``benchmarks/sts_accuracy_3d.py`` trains and selects checkpoints on, as recorded in ``docs/BENCHMARKS.md``).
+
+    Rule: one planar cut of the training half at slice ``AAL_VAL_START`` = 44; no labelled voxel is in two parts.
 
     Returns:
-        ``[{"image": [1, 76, 61, 64] float32 in [0, 1], "label": [1, 76, 61, 64] float32 0/1}]``.
+        ``[{"image": [1, X, Y, Z] float32 in [0, 1], "label": [1, X, Y, Z] float32 0/1}]`` (``val``: also
+        ``"score_mask"``).
 
     Example:
-        >>> item = aal_structures_split("test")[0]  # doctest: +SKIP
-        >>> item["image"].shape, int(item["label"].sum())  # doctest: +SKIP
-        ((1, 76, 61, 64), 6040)
+        >>> [aal_structures_split(p)[0]["image"].shape for p in ("train", "val", "test")]  # doctest: +SKIP
+        [(1, 76, 44, 64), (1, 76, 61, 64), (1, 76, 61, 64)]
     """
-    if part not in ("train", "test"):
-        raise ValueError(f"part must be 'train' or 'test', got {part!r}.")
-    return [_aal_halves()[part]["item"]]
+    if part not in ("train", "val", "test", "train_full"):
+        raise ValueError(f"part must be 'train', 'val', 'test' or 'train_full', got {part!r}.")
+    halves = _aal_halves()
+    if part in ("test", "train_full"):
+        return [halves["test" if part == "test" else "train"]["item"]]
+    item = halves["train"]["item"]
+    if part == "train":
+        return [{k: v[:, :, :AAL_VAL_START].copy() for k, v in item.items()}]
+    score = np.zeros_like(item["label"])
+    score[:, :, AAL_VAL_START:] = 1.0
+    return [{"image": item["image"].copy(), "label": item["label"] * score, "score_mask": score}]
 
 
 def default_input_3d(cache_dir: str | Path | None = None) -> str:

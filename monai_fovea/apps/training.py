@@ -60,7 +60,10 @@ from monai.transforms import Randomizable, Transform
 
 from monai_fovea.data.io import atomic_output
 
-__all__ = ["ResumeCheckpoint", "RNGState", "AtomicCheckpointSaver", "randomizable_transforms", "unwrap_module"]
+__all__ = [
+    "ResumeCheckpoint", "RNGState", "AtomicCheckpointSaver", "randomizable_transforms", "unwrap_module", "load_weights",
+    "is_rank_zero",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,32 @@ def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
     if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
         return module.module
     return module
+
+
+def load_weights(module: torch.nn.Module, path: str | Path | None, strict: bool = True) -> torch.nn.Module:
+    """Load a plain state dict file (``weights_only=True``) into ``module`` and return it; ``path=None``: unchanged.
+
+    What a config needs to build a network from saved weights in one expression, e.g. the fine net initialised from
+    the coarse one: ``"$monai_fovea.apps.training.load_weights(@network_def, @model_dir + '/coarse.pt')"``.
+
+    Example:
+        >>> net = load_weights(torch.nn.Linear(2, 1), None)
+        >>> net.weight.shape
+        torch.Size([1, 2])
+    """
+    if path is not None:
+        unwrap_module(module).load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=strict)
+    return module
+
+
+def is_rank_zero() -> bool:
+    """``True`` in the process that writes shared files: rank 0 of a process group, or the only process.
+
+    Example:
+        >>> is_rank_zero()
+        True
+    """
+    return _dist()[0] == 0
 
 
 def randomizable_transforms(transform: Any, max_depth: int = 8) -> list[Randomizable]:
@@ -211,12 +240,35 @@ class _EvaluatorState:
         self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
 
 
+class _MetricLoggerState:
+    """A MONAI ``MetricLogger``'s history (loss per iteration, metrics per validation) as plain numbers."""
+
+    def __init__(self, history: Any) -> None:
+        self.history = history
+
+    def state_dict(self) -> dict[str, Any]:
+        def num(v: Any) -> float:
+            return float(v.item() if torch.is_tensor(v) else v)
+
+        return {"loss": [(int(i), num(v)) for i, v in self.history.loss],
+                "metrics": {str(k): [(int(i), num(v)) for i, v in vals] for k, vals in self.history.metrics.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from monai.handlers.metric_logger import MetricLoggerKeys
+
+        self.history.load_state_dict({MetricLoggerKeys.LOSS: [tuple(x) for x in state["loss"]],
+                                      MetricLoggerKeys.METRICS: {k: [tuple(x) for x in v] for k, v in state["metrics"].items()}})
+
+
 def _stateful(obj: Any) -> Any:
     """An object with ``state_dict``/``load_state_dict`` for ``obj`` (modules are unwrapped from DDP)."""
     from monai.engines import Workflow
+    from monai.handlers import MetricLogger
 
     if isinstance(obj, torch.nn.Module):
         return unwrap_module(obj)
+    if isinstance(obj, MetricLogger):
+        return _MetricLoggerState(obj)
     if isinstance(obj, CheckpointSaver):
         return _SaverState(obj)
     if isinstance(obj, Workflow):
@@ -240,8 +292,8 @@ class ResumeCheckpoint:
     Args:
         checkpoint_dir: folder of the resume file (created on first save).
         save_dict: ``{name: object}`` to save and restore: the network (DDP wrapper allowed), optimizer, LR scheduler,
-            and optionally a best-metric MONAI ``CheckpointSaver`` and the validation evaluator (module-level
-            docstring). ``"trainer"`` and ``"rng"`` are added by the handler and must not be given.
+            and optionally a best-metric MONAI ``CheckpointSaver``, the validation evaluator (module-level
+            docstring) and a MONAI ``MetricLogger`` (loss and validation history). ``"trainer"`` and ``"rng"`` are added by the handler and must not be given.
         save_every_epochs: write the file every this many epochs (and never at other times).
         filename: name of the resume file in ``checkpoint_dir``.
         transform: the transform chain whose random states are saved; default: the trainer's

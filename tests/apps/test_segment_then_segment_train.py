@@ -1,10 +1,18 @@
-"""Training entry points of segment-then-segment on synthetic small objects: loss decreases, the saved checkpoint is
-the best validation epoch, the fine net can start from the coarse one, 3D works."""
+"""Segment-then-segment training through the bundle's MONAI workflow (``train`` runs ``configs/train.json``) on
+synthetic small objects: loss decreases, the saved checkpoints are the best validation epochs, 3D works; the
+method-specific pieces (coarse-only inferer, 3D split with a validation slab)."""
 
 import numpy as np
 import torch
 
-from monai_fovea.apps.segment_then_segment import build_unet, evaluate, fine_train_transform, train
+from monai_fovea.apps.segment_then_segment import (
+    CoarseMaskInferer,
+    build_unet,
+    evaluate,
+    fine_train_transform,
+    repeat_items,
+    train,
+)
 from monai_fovea.data.synthetic import small_objects
 
 
@@ -20,7 +28,7 @@ def test_train_2d_loss_decreases_and_best_checkpoint(tmp_path):
     train_items, val_items = _items((128, 128), 12, [0, 1]), _items((128, 128), 12, [2])
     out = train(train_items, val_items, tmp_path / "models", coarse_size=32, fine_size=32, tile_size=128,
                 features=(8, 8, 16, 16, 32, 8), coarse_epochs=5, fine_epochs=5, samples_per_epoch=32, lr=1e-3,
-                progress=False, init_fine_from_coarse=False)
+                init_fine_from_coarse=False)
     for stage in ("coarse", "fine"):
         loss = out[stage]["loss"]
         assert np.mean(loss[-2:]) < np.mean(loss[:2]), loss
@@ -28,11 +36,14 @@ def test_train_2d_loss_decreases_and_best_checkpoint(tmp_path):
     fine = build_unet(2, 1, (8, 8, 16, 16, 32, 8))
     coarse.load_state_dict(torch.load(tmp_path / "models" / "coarse.pt", weights_only=True))
     fine.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
-    # the files hold the best epochs: re-evaluating them gives the best validation DSC of each history
+    # the files hold the best epochs: re-evaluating them (per-image scores in Python, not MONAI's MeanDice) gives
+    # the best validation DSC of each history
+    assert len(out["coarse"]["val_dice"]) == len(out["fine"]["val_dice"]) == 5
     scores = evaluate(val_items, coarse, fine, 32, 32)
     assert abs(scores["coarse"]["dice"] - max(out["coarse"]["val_dice"])) < 1e-5
     assert abs(scores["sts"]["dice"] - max(out["fine"]["val_dice"])) < 1e-5
-    assert scores == out["val"]
+    assert out["fine"]["best_val_dice"] == max(out["fine"]["val_dice"])
+    assert out["fine"]["val_dice"][out["fine"]["best_epoch"] - 1] == out["fine"]["best_val_dice"]
 
 
 def test_fine_transform_crops_a_component():
@@ -49,23 +60,48 @@ def test_train_3d_writes_3d_checkpoints(tmp_path):
     items = _items((64, 64, 64), 6, [0], radius=(3.0, 6.0))
     out = train(items, items, tmp_path, coarse_size=32, fine_size=32, tile_size=64, spatial_dims=3,
                 features=(2, 2, 4, 4, 4, 2), coarse_epochs=1, fine_epochs=1, samples_per_epoch=2, batch_size=2,
-                progress=False, init_fine_from_coarse=False)
+                init_fine_from_coarse=False)
     sd = torch.load(tmp_path / "model.pt", weights_only=True)
     assert sd["conv_0.conv_0.conv.weight"].shape == (2, 1, 3, 3, 3)
-    assert set(out["val"]) == {"coarse", "sts"} and 0.0 <= out["val"]["sts"]["dice"] <= 1.0
+    coarse, fine = build_unet(3, 1, (2, 2, 4, 4, 4, 2)), build_unet(3, 1, (2, 2, 4, 4, 4, 2))
+    coarse.load_state_dict(torch.load(tmp_path / "coarse.pt", weights_only=True))
+    fine.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    scores = evaluate(items, coarse, fine, 32, 32)
+    assert abs(scores["sts"]["dice"] - out["fine"]["best_val_dice"]) < 1e-5
 
 
-def test_segmentation_scores_hand_computed():
-    from monai_fovea.metrics import segmentation_scores
+def test_repeat_items_and_coarse_mask_inferer():
+    from monai_fovea.inferers import SegmentThenSegmentInferer
 
-    pred = torch.zeros(3, 1, 4, 4)
-    target = torch.zeros(3, 1, 4, 4)
-    pred[0, 0, 0, :3] = 1  # 3 predicted, 2 of them right, 1 target pixel missed
-    target[0, 0, 0, 1:3] = 1
-    target[0, 0, 1, 0] = 1
-    target[1, 0, 2, 2] = 1  # nothing predicted: DSC 0, precision 1 (no false positive), recall 0
-    s = segmentation_scores(pred, target)  # image 2: both empty -> all 1
-    assert torch.allclose(s["dice"], torch.tensor([4 / 6, 0.0, 1.0]))
-    assert torch.allclose(s["iou"], torch.tensor([2 / 4, 0.0, 1.0]))
-    assert torch.allclose(s["precision"], torch.tensor([2 / 3, 1.0, 1.0]))
-    assert torch.allclose(s["recall"], torch.tensor([2 / 3, 0.0, 1.0]))
+    assert [d["i"] for d in repeat_items([{"i": 0}, {"i": 1}, {"i": 2}], 7)] == [0, 1, 2, 0, 1, 2, 0]
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(20.0)
+        net.bias.fill_(-10.0)  # sigmoid(20 x - 10) > 0.5 where the downscaled image > 0.5
+    sts = SegmentThenSegmentInferer(coarse_size=None, coarse_scale=4, fine_size=16, coarse_min_side=8)
+    x = torch.zeros(1, 1, 64, 64)
+    x[..., 16:48, 8:40] = 1.0
+    mask = CoarseMaskInferer(sts)(x, net)
+    assert torch.equal(mask, sts.coarse_mask(x, net))
+    # a 4x-aligned rectangle survives downscaling and bilinear upsampling except its 4 corner pixels, which get
+    # 0.625 * 0.625 = 0.39 < 0.5 (edge pixels get 0.625)
+    expected = x.clone()
+    expected[..., [16, 16, 47, 47], [8, 39, 8, 39]] = 0.0
+    assert torch.equal(mask, expected)
+
+
+def test_aal_split_has_a_validation_slab_disjoint_from_training():
+    from monai_fovea.apps.segment_then_segment import AAL_VAL_START, aal_structures_split
+
+    full = aal_structures_split("train_full")[0]
+    tr, va, te = (aal_structures_split(p)[0] for p in ("train", "val", "test"))
+    assert full["image"].shape == va["image"].shape == te["image"].shape == (1, 76, 61, 64)
+    assert tr["image"].shape == (1, 76, AAL_VAL_START, 64) and AAL_VAL_START == 44
+    # training = the slices before the cut, image and labels
+    assert np.array_equal(tr["image"], full["image"][:, :, :44]) and np.array_equal(tr["label"], full["label"][:, :, :44])
+    # validation scores the slices from the cut on: its label and score mask are zero on every training slice
+    assert np.array_equal(va["image"], full["image"])
+    assert va["score_mask"][:, :, :44].sum() == 0 and va["score_mask"][:, :, 44:].min() == 1
+    assert np.array_equal(va["label"], full["label"] * va["score_mask"])
+    # labelled voxels: 5051 in training + 1038 in validation = the 6089 of the half (measured)
+    assert (int(tr["label"].sum()), int(va["label"].sum()), int(full["label"].sum())) == (5051, 1038, 6089)

@@ -102,32 +102,108 @@ def test_one_broken_file_is_reported_and_the_others_are_segmented(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["good_boxes.json", "good_mask.png"]
 
 
+TINY = {"coarse_epochs": 2, "fine_epochs": 3, "samples_per_epoch": 8, "batch_size": 4}  # 2 iterations per epoch
+
+
+def _configs(*names: str) -> str:
+    return repr([str(BUNDLE / "configs" / n) for n in names])
+
+
 def test_train_and_evaluate_tiny(tmp_path, run_bundle):
     models = tmp_path / "models"
     run_bundle(NAME, "train.json", model_dir=str(models), coarse_epochs=1, fine_epochs=2, samples_per_epoch=8)
     history = json.loads((models / "train_history.json").read_text())
     assert len(history["coarse"]["loss"]) == 1 and len(history["fine"]["val_dice"]) == 2
-    run_bundle(NAME, "evaluate.json", model_dir=str(models), output_dir=str(tmp_path / "eval"))
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics) == {"coarse", "sts"} and set(metrics["sts"]) == {"dice", "iou", "precision", "recall"}
-    # evaluate.json on the validation part reproduces the best validation DSC that training kept
-    run_bundle(NAME, "evaluate.json", model_dir=str(models), output_dir=str(tmp_path / "val"), part="'val'")
-    val = json.loads((tmp_path / "val" / "metrics.json").read_text())
-    assert val["sts"]["dice"] == pytest.approx(max(history["fine"]["val_dice"]), abs=1e-5)
-
-
-def test_multi_gpu_train_gloo_cpu(tmp_path):
-    models = tmp_path / "models"
-    configs = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
-    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-                 "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE),
-                 "--model_dir", str(models), "--coarse_epochs", "1", "--fine_epochs", "1", "--samples_per_epoch", "4",
-                 "--batch_size", "2"], tmp_path, CUDA_VISIBLE_DEVICES="")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    history = json.loads((models / "train_history.json").read_text())
-    assert len(history["coarse"]["loss"]) == 1
+    assert history["fine"]["best_val_dice"] == max(history["fine"]["val_dice"])
+    # MONAI's CheckpointSaver files are plain state dicts of network_def; the resume checkpoints sit beside models/
     for name in ("model.pt", "coarse.pt"):
         build_unet(2, 1, FEATURES).load_state_dict(torch.load(models / name, weights_only=True))
+    assert (tmp_path / "runs" / "train" / "checkpoints" / "fine" / "resume.pt").is_file()
+    run_bundle(NAME, ["train.json", "evaluate.json"], model_dir=str(models), output_dir=str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"coarse", "sts"} and set(metrics["sts"]) == {"dice", "iou", "precision", "recall"}
+    # evaluate.json on the validation part reproduces the best validation DSC of each stage that training kept
+    run_bundle(NAME, ["train.json", "evaluate.json"], model_dir=str(models), output_dir=str(tmp_path / "val"),
+               part="'val'")
+    val = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert val["sts"]["dice"] == pytest.approx(history["fine"]["best_val_dice"], abs=1e-6)
+    assert val["coarse"]["dice"] == pytest.approx(history["coarse"]["best_val_dice"], abs=1e-6)
+
+
+def test_evaluate_reproduces_the_shipped_eval_metrics(tmp_path, run_bundle):
+    """metadata.json's eval_metrics are what evaluate.json measures with the shipped models on the test quadrant."""
+    run_bundle(NAME, ["train.json", "evaluate.json"], output_dir=str(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    recorded = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["eval_metrics"]
+    measured = {"test_dice_segment_then_segment": metrics["sts"]["dice"], "test_dice_coarse_only": metrics["coarse"]["dice"],
+                "test_precision_segment_then_segment": metrics["sts"]["precision"],
+                "test_recall_segment_then_segment": metrics["sts"]["recall"]}
+    assert {k: round(v, 3) for k, v in measured.items()} == recorded
+
+
+def test_multi_gpu_train_gloo_cpu_parameters_equal_across_ranks(tmp_path):
+    models = tmp_path / "models"
+    # each rank saves both networks after training (what DDP must keep identical)
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps({"+run": [
+        "$torch.save({'coarse': @coarse_net.state_dict(), 'fine': @fine_net.state_dict()}, "
+        "@output_dir + f'/rank{dist.get_rank()}.pt')"]}))
+    args = [f"--{k}={v}" for k, v in TINY.items()]
+    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+                 "-m", "monai.bundle", "run", "--config_file", _configs("train.json", "multi_gpu_train.json")[:-1]
+                 + f", '{dump}']", "--model_dir", str(models), *args], tmp_path, CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [torch.load(tmp_path / "runs" / "train" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for stage in ("coarse", "fine"):
+        assert ranks[0][stage].keys() == ranks[1][stage].keys()
+        assert all(torch.equal(ranks[0][stage][k], ranks[1][stage][k]) for k in ranks[0][stage]), stage
+        # rank 0 wrote the last checkpoint of each stage: the weights every rank holds
+        last = torch.load(tmp_path / "runs" / "train" / "checkpoints" / f"{stage}_last.pt", weights_only=True)
+        assert all(torch.equal(last[k], ranks[1][stage][k]) for k in last), stage
+    # the fine net started from the best coarse checkpoint and was trained from there
+    start = torch.load(models / "coarse.pt", weights_only=True)
+    assert not torch.equal(start["final_conv.weight"], ranks[0]["fine"]["final_conv.weight"])
+    history = json.loads((models / "train_history.json").read_text())
+    # 8 samples split over 2 ranks, batch 4: 1 iteration per epoch and rank
+    assert len(history["coarse"]["loss"]) == 2 and len(history["fine"]["val_dice"]) == 3
+    for name in ("model.pt", "coarse.pt"):
+        build_unet(2, 1, FEATURES).load_state_dict(torch.load(models / name, weights_only=True))
+
+
+def test_train_killed_in_the_fine_stage_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL in the middle of fine epoch 3 (iteration 5), then the same command: the same final and best weights
+    of both stages as an uninterrupted run."""
+    kill = tmp_path / "kill.json"
+    kill.write_text(json.dumps({
+        "+imports": ["$import signal", "$import ignite"],
+        "kill_at": 10**9,
+        "killer": "$type('Kill', (), {'attach': lambda self, engine: engine.add_event_handler("
+                  "ignite.engine.Events.ITERATION_COMPLETED(once=@kill_at), "
+                  "lambda e: os.kill(os.getpid(), signal.SIGKILL))})()",
+        "fine_trainer#train_handlers": "$@fine_handlers + [@killer]",
+    }))
+    configs = _configs("train.json")[:-1] + f", '{kill}']"
+    args = [f"--{k}={v}" for k, v in TINY.items()]
+
+    def train(folder, *extra):
+        return _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
+                     "--model_dir", str(folder / "models"), *args, *extra], tmp_path)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train(straight).returncode == 0
+    proc = train(killed, "--kill_at=5")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert not (killed / "runs" / "train" / "checkpoints" / "fine_last.pt").exists()
+    proc = train(killed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr
+    for rel in ("models/coarse.pt", "models/model.pt", "runs/train/checkpoints/coarse_last.pt",
+                "runs/train/checkpoints/fine_last.pt"):
+        a = torch.load(straight / rel, weights_only=True)
+        b = torch.load(killed / rel, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), rel
+    assert (json.loads((straight / "models" / "train_history.json").read_text())
+            == json.loads((killed / "models" / "train_history.json").read_text()))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -172,7 +248,7 @@ def test_inference_3d_nifti_keeps_shape_and_affine(tmp_path, run_bundle):
     from monai_fovea.apps.segment_then_segment import aal_structures_split
 
     # a real T1 patch (the training half, so the coarse net finds structures), 70 x 48 x 40 voxels
-    vol = (aal_structures_split("train")[0]["image"][0, :70, 6:54, 12:52] * 1000).astype(np.int16)
+    vol = (aal_structures_split("train_full")[0]["image"][0, :70, 6:54, 12:52] * 1000).astype(np.int16)
     affine = np.array([[0.0, -1.25, 0.0, 30.5], [0.9, 0.0, 0.0, -12.0], [0.0, 0.0, 1.5, 7.25], [0, 0, 0, 1]])
     src = tmp_path / "in"
     src.mkdir()

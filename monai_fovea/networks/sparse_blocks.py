@@ -14,7 +14,7 @@ from torch import nn
 from monai_fovea.data.sparse_volume import linear_index
 from monai_fovea.networks._spconv import require_spconv
 
-__all__ = ["check_sparse_input", "EMPTY_INPUT_MESSAGE", "VoxelBatchNorm", "sparse_conv_bn_relu", "algorithm_for_device", "sparse_union", "select_voxels", "with_spatial_shape", "dense_to_spconv",
+__all__ = ["check_sparse_input", "EMPTY_INPUT_MESSAGE", "VoxelBatchNorm", "sparse_conv_bn_relu", "algorithm_for_device", "compact_out_indices", "sparse_union", "select_voxels", "with_spatial_shape", "dense_to_spconv",
            "spconv_to_dense", "round_up_shape"]
 
 _CONV_KIND = {"subm": "SubMConv{}d", "down": "SparseConv{}d", "inverse": "SparseInverseConv{}d",
@@ -92,7 +92,30 @@ def sparse_conv_bn_relu(spatial_dims: int, kind: str, in_channels: int, out_chan
     else:
         conv = conv_cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding, **kwargs)
     conv.register_forward_pre_hook(algorithm_for_device)
+    if kind in ("down", "transpose"):
+        conv.register_forward_hook(compact_out_indices)
     return spconv.SparseSequential(conv, VoxelBatchNorm(out_channels), nn.ReLU())
+
+
+def compact_out_indices(conv: nn.Module, args: tuple, out: Any) -> Any:
+    """Forward hook of strided and transposed sparse convs: keep the output coordinates, not spconv's work buffer.
+
+    spconv's CPU index generation (``SpconvOps.get_indice_pairs``) allocates the output coordinates of a strided or
+    transposed conv for the worst case, ``kernel volume x input voxels`` rows, and returns a view of the rows it used.
+    That view becomes the output's ``indices`` (and, with an ``indice_key``, the coordinates kept for the paired
+    inverse conv), so it holds the whole buffer as long as the level lives: for a k2 s2 conv on a skull shell about
+    8x the input voxels in rows where ~1/3 of them are used. A copy of the used rows lets the buffer go. Values and
+    order are unchanged; where the buffer is already exact (spconv's CUDA path) nothing is copied.
+    """
+    idx = out.indices
+    if idx.untyped_storage().nbytes() <= 2 * idx.nelement() * idx.element_size():
+        return None
+    compact = idx.clone()
+    data = out.indice_dict.get(conv.indice_key) if conv.indice_key is not None else None
+    if data is not None and getattr(data, "out_indices", None) is idx:
+        data.out_indices = compact
+    out.indices = compact
+    return out
 
 
 def algorithm_for_device(conv: nn.Module, args: tuple) -> None:

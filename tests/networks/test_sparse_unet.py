@@ -96,3 +96,30 @@ def test_convs_use_the_native_algorithm_for_cpu_inputs_whatever_was_chosen_at_co
     out = net(x).features
     assert torch.equal(out, expected)
     assert all(conv.algo == ConvAlgo.Native for conv in convs)
+
+
+def test_compacted_strided_conv_coordinates_change_no_value():
+    """The strided convs' coordinates are copied out of spconv's worst-case buffer (``compact_out_indices``): the
+    kept coordinates are exactly the rows spconv produced, the paired inverse conv still finds them, and outputs and
+    gradients equal those of the network without the copy (one thread: spconv's CPU sums are order-dependent)."""
+    from monai_fovea.networks._spconv import deterministic_threads
+
+    x = dense_to_spconv(_volume((1, 1, 16, 16, 16), 0.7))
+    results = []
+    for compact in (True, False):
+        torch.manual_seed(0)
+        net = SparseUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2))
+        if not compact:
+            for m in net.modules():
+                m._forward_hooks.clear()
+        with deterministic_threads("cpu"):
+            out = net(x)
+            out.features.square().mean().backward()
+        down0 = out.indice_dict["down0"]
+        results.append((out.features.detach(), down0.out_indices, [p.grad for p in net.parameters()]))
+        if compact:  # the kept coordinates own their storage: no rows beyond the used ones
+            assert down0.out_indices.untyped_storage().nbytes() == down0.out_indices.nelement() * 4
+    (f1, i1, g1), (f2, i2, g2) = results
+    assert torch.equal(i1, i2) and len(i1) > 0
+    assert torch.equal(f1, f2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))

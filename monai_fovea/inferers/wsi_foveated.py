@@ -9,14 +9,19 @@ of view, i.e. non-overlapping tiles of the predicted region — what the authors
 2. an optional tissue mask (Otsu on the HSV saturation of a low level) drops glass-only locations;
 3. the remaining locations are processed ``sw_batch_size`` at a time in raster order: their multi-scale
    patches are read from the pyramid (:func:`monai_fovea.data.wsi.read_multiscale`, one region per scale per
-   batch, each scale from its cheapest level), blended with the weights, segmented, and the predicted tiles are
-   written into a disk-backed (``numpy.memmap``) label map;
-4. the label map becomes a tiled pyramidal TIFF with the slide's size and resolution
-   (:func:`monai_fovea.data.io.write_pyramidal_tiff`), plus a PNG overlay on a slide thumbnail and the APSM
+   batch, each scale from its cheapest level; only the scales whose weight is non-zero somewhere in the batch,
+   so ``fixed`` and ``hard`` modes read one scale), blended with the weights, segmented, and the predicted tiles
+   are written into the current band of rows of the label map. Reads run ahead of the network in
+   ``read_workers`` threads (decoding releases the GIL), so reading overlaps the network's compute;
+4. finished bands go to a raw file on disk (:class:`monai_fovea.data.label_stream.BandedLabelMap`), which is then
+   streamed into a tiled pyramidal TIFF with the slide's size and resolution (the layout of
+   :func:`monai_fovea.data.io.write_pyramidal_tiff`), plus a PNG overlay on a slide thumbnail and the APSM
    (average patch size map, Σ_d f_d·s_d per location) as a PNG.
 
-Peak memory is one batch of patches plus the low-resolution maps; the label map lives on disk, in a hidden
-temporary folder of the output folder (removed when done; a killed run's is removed by the next bundle run).
+Peak memory is a few batches of patches, one band of label rows and the low-resolution maps — flat in the slide
+size up to those ≥ 64×-smaller maps (measured: ``benchmarks/wsi_throughput.py``). The label map lives on disk, in
+a hidden temporary folder of the output folder (removed when done; a killed run's is removed by the next bundle
+run). ``self.last_stats["seconds"]`` says where the time went (reading, network, writing).
 
 Resolution: with ``mpp`` (the network's µm/px) the network runs at its own resolution whatever the slide was
 scanned at (0.25 µm/px at 40×, 0.5 at 20×). All geometry — the location grid and ``stride``, the FoVs
@@ -38,7 +43,11 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
+import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +56,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from monai_fovea.data.io import write_png, write_pyramidal_tiff
+from monai_fovea.data.io import write_png
+from monai_fovea.data.label_stream import BandedLabelMap
 from monai_fovea.data.wsi import PyramidSlide, cell_means, read_multiscale, tissue_mask
 from monai_fovea.inferers.foveated import region_starts
 from monai_fovea.visualize import add_colour_bar, apsm_image, label_overlay
@@ -91,6 +101,9 @@ class WSIFoveatedInferer:
             the sample slide it moves the nuclei DSC against the unresampled run to 0.93), while an integer factor
             keeps whole-pixel geometry (``factor == 1`` reproduces ``mpp=None`` bit for bit; ``2`` reads the
             pyramid's 2× level pixel for pixel). ``0`` disables snapping.
+        read_workers: threads reading the next batches' patches while the network runs on the current one
+            (``read_workers + 1`` batches are read ahead at most). ``0`` reads in the calling thread. Results do not
+            depend on it. Reads of a ``tifffile`` slide are serialised (its file handle is shared).
 
     Resolution rule:
         ``factor = mpp / slide_mpp`` per axis (level-0 pixels per model pixel; ``slide_mpp`` from the slide's
@@ -132,12 +145,15 @@ class WSIFoveatedInferer:
         mpp: float | None = None,
         default_mpp: float | None = None,
         mpp_rtol: float = 0.01,
+        read_workers: int = 1,
     ) -> None:
         for arg, value in (("mpp", mpp), ("default_mpp", default_mpp)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{arg} must be a positive number of µm per pixel or None, got {value!r}")
         if not 0 <= mpp_rtol < 0.5:
             raise ValueError(f"mpp_rtol must be in [0, 0.5), got {mpp_rtol!r}")
+        if read_workers < 0:
+            raise ValueError(f"read_workers must be >= 0, got {read_workers}")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         if output not in _OUTPUTS:
@@ -160,6 +176,7 @@ class WSIFoveatedInferer:
         self.mpp = mpp
         self.default_mpp = default_mpp
         self.mpp_rtol = mpp_rtol
+        self.read_workers = read_workers
         self.last_stats: dict[str, Any] = {}
 
     # --- geometry --------------------------------------------------------------------------------------------
@@ -241,6 +258,8 @@ class WSIFoveatedInferer:
         out_device = torch.device(self.device) if self.device is not None else torch.device("cpu")
         was_training = net.training
         net.eval()
+        t_start = time.perf_counter()
+        timing = {"read_wait": 0.0, "network": 0.0, "write_bands": 0.0}
         try:
             (oy, ox) = self._tile_offset(net)
             factor, slide_mpp, mpp_source = self._resolution(slide)
@@ -260,33 +279,54 @@ class WSIFoveatedInferer:
                 keep = _cells_with_tissue(mask, (ty * factor[0] / my, tx * factor[1] / mx), (gh, gw))
             rows, cols = np.nonzero(keep)
             centers = np.stack([rows * ty + ty // 2, cols * tx + tx // 2], 1)  # model px
-            # 3. stream batches of locations into a disk-backed label map
-            # the disk-backed label map lives beside the outputs, hidden, named like atomic_output's temporaries:
-            # removed on success or error, and by the next bundle run if this process is killed (-9)
+            timing["lowres_and_mask"] = time.perf_counter() - t_start
+            # per-location weights; a batch reads only the scales weighted somewhere in it (one in fixed/hard mode)
+            weights = net.weights_at(weight_map, torch.as_tensor(centers, device=sw_device))
+            used = (weights != 0).cpu().numpy()
+            # 3. stream batches of locations into bands of the label map
+            # the label map lives beside the outputs, hidden, named like atomic_output's temporaries: removed on
+            # success or error, and by the next bundle run if this process is killed (-9)
             output_dir.mkdir(parents=True, exist_ok=True)
             prefix = f".{name}_labelmap.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            fill = self.background_label if self.output == "label" else 0
             with tempfile.TemporaryDirectory(prefix=prefix, dir=output_dir) as tmp:
-                labels = np.memmap(Path(tmp) / "labels.u8", dtype=np.uint8, mode="w+", shape=(H, W))
-                if self.output == "label" and self.background_label != 0:  # a new memmap is zero already:
-                    labels[:] = self.background_label  # touching every page would make it all resident
-                batches = range(0, len(centers), self.sw_batch_size)
-                for start in tqdm(batches, desc=f"foveated WSI {name}", disable=not self.progress):
-                    ctr = centers[start : start + self.sw_batch_size]
-                    self._predict_batch(slide, net, ctr, weight_map, (oy, ox), factor, sw_device, out_device, labels)
-                labels.flush()
-                # 4. outputs
-                suffix = "label" if self.output == "label" else "prob"
-                mpp = slide_mpp or _UNIT  # the slide's own level-0 grid and resolution, whatever the model's
-                paths = {
-                    "label": write_pyramidal_tiff(
-                        labels, output_dir / f"{name}_{suffix}.tif", mpp=(mpp[1], mpp[0]), tile=self.tile,
-                        label=True, compression="lzw",
+                labels = BandedLabelMap(Path(tmp) / "labels.u8", (H, W), fill=fill)
+                try:
+                    starts = list(range(0, len(centers), self.sw_batch_size))
+                    reads = _Prefetcher(
+                        lambda i: self._read_batch(slide, net, centers[i : i + self.sw_batch_size],
+                                                   used[i : i + self.sw_batch_size], factor, sw_device),
+                        starts, self.read_workers, serialise=slide.backend == "tifffile",
                     )
-                }
-                paths["overlay"] = write_png(self._overlay(slide, labels), output_dir / f"{name}_overlay.png")
-                apsm_shown = np.where(keep, apsm, np.nan)
-                paths["apsm"] = write_png(_apsm_rgb(apsm_shown, net, self.overlay_max_size), output_dir / f"{name}_apsm.png")
-                del labels
+                    with reads:
+                        for start in tqdm(starts, desc=f"foveated WSI {name}", disable=not self.progress):
+                            t0 = time.perf_counter()
+                            patches, active = reads.next()
+                            t1 = time.perf_counter()
+                            stop = start + self.sw_batch_size
+                            values = self._predict(net, patches, weights[start:stop], active, (oy, ox), out_device)
+                            t2 = time.perf_counter()
+                            self._write_tiles(labels, centers[start:stop], values, (ty, tx), factor)
+                            t3 = time.perf_counter()
+                            timing["read_wait"] += t1 - t0
+                            timing["network"] += t2 - t1
+                            timing["write_bands"] += t3 - t2
+                        timing["read"] = reads.busy
+                    t0 = time.perf_counter()
+                    labels.finish()
+                    # 4. outputs
+                    suffix = "label" if self.output == "label" else "prob"
+                    mpp = slide_mpp or _UNIT  # the slide's own level-0 grid and resolution, whatever the model's
+                    paths = {"label": labels.write_tiff(output_dir / f"{name}_{suffix}.tif", mpp=(mpp[1], mpp[0]), tile=self.tile)}
+                    t1 = time.perf_counter()
+                    paths["overlay"] = write_png(self._overlay(slide, labels), output_dir / f"{name}_overlay.png")
+                    apsm_shown = np.where(keep, apsm, np.nan)
+                    paths["apsm"] = write_png(_apsm_rgb(apsm_shown, net, self.overlay_max_size), output_dir / f"{name}_apsm.png")
+                    timing["write_tiff"] = t1 - t0
+                    timing["overlay_apsm"] = time.perf_counter() - t1
+                finally:
+                    labels.close()
+            timing["total"] = time.perf_counter() - t_start
             self.last_stats = {
                 "locations": int(gh * gw),
                 "predicted": int(len(centers)),
@@ -297,34 +337,50 @@ class WSIFoveatedInferer:
                 "slide_mpp": slide_mpp,
                 "mpp_source": mpp_source,
                 "factor": factor,
+                "seconds": timing,
             }
             return paths
         finally:
             net.train(was_training)
 
-    def _predict_batch(
+    def _read_batch(
         self,
         slide: PyramidSlide,
         net: torch.nn.Module,
         ctr: np.ndarray,
-        weight_map: torch.Tensor,
-        offset: tuple[int, int],
+        used: np.ndarray,
         factor: tuple[float, float],
         sw_device: torch.device,
-        out_device: torch.device,
-        labels: np.ndarray,
-    ) -> None:
-        """Predict the locations centred at ``ctr`` (model px) and write their tiles into ``labels`` (level 0)."""
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Patches ``[N, D', C, *output_size]`` of the ``D'`` scales weighted somewhere in the batch (``used``
+        ``[N, D]``), and their indices."""
+        active = [d for d in range(used.shape[1]) if used[:, d].any()]
         ctr0, sizes0, subpixel = ctr, net.patch_sizes, False
         if factor != _UNIT:
             ctr0, sizes0, subpixel = _level0_fovs(ctr, net, factor)
         patches = read_multiscale(
-            slide, ctr0, sizes0, net.output_size, padding_mode=self.padding_mode, pad_value=self.pad_value,
-            device=sw_device, subpixel=subpixel,
+            slide, ctr0, [sizes0[d] for d in active], net.output_size, padding_mode=self.padding_mode,
+            pad_value=self.pad_value, device=sw_device, subpixel=subpixel,
         )
-        ctr_t = torch.as_tensor(ctr, device=sw_device)
-        weights = net.weights_at(weight_map, ctr_t)
-        logits = net.forward_patches(self._normalise(patches), weights).to(out_device)
+        return patches, active
+
+    def _predict(
+        self,
+        net: torch.nn.Module,
+        patches: torch.Tensor,
+        weights: torch.Tensor,
+        active: list[int],
+        offset: tuple[int, int],
+        out_device: torch.device,
+    ) -> np.ndarray:
+        """uint8 label (or probability) tiles ``[N, ty, tx]`` of the cells of a batch."""
+        x = self._normalise(patches)
+        if len(active) == net.num_scales:
+            logits = net.forward_patches(x, weights)
+        else:  # the weighted sum over the used scales only: the others add exact zeros
+            w = weights[:, active].to(x.dtype).reshape(*x.shape[:2], *([1] * (x.ndim - 2)))
+            logits = net.backbone((x * w).sum(1))
+        logits = logits.to(out_device)
         s0 = tuple(net.patch_sizes[0])
         if tuple(logits.shape[2:]) != s0:  # prediction at output_size pixels covers s0 model pixels
             logits = F.interpolate(logits.float(), size=s0, mode="bilinear", align_corners=False)
@@ -334,20 +390,34 @@ class WSIFoveatedInferer:
             values = tiles.argmax(1).to(torch.uint8)
         else:
             values = (torch.softmax(tiles.float(), 1)[:, self.probability_class] * 255).round().to(torch.uint8)
-        values = values.cpu().numpy()
-        H, W = labels.shape
+        return values.cpu().numpy()
+
+    @staticmethod
+    def _write_tiles(
+        labels: BandedLabelMap, ctr: np.ndarray, values: np.ndarray, stride: tuple[int, int], factor: tuple[float, float]
+    ) -> None:
+        """Write the tiles of the cells centred at ``ctr`` (model px, raster order) into the label map's bands
+        (level 0): model pixel ``i`` → level-0 pixels ``[i * factor, (i + 1) * factor)`` (nearest)."""
+        (ty, tx), (H, W) = stride, labels.shape
         for (cy, cx), tile in zip(ctr, values):
             r0, c0 = int(cy) - ty // 2, int(cx) - tx // 2  # the location's cell, model px
             if factor == _UNIT:
-                r1, c1 = min(r0 + ty, H), min(c0 + tx, W)
-                labels[r0:r1, c0:c1] = tile[: r1 - r0, : c1 - c0]
+                top, bottom = r0, min(r0 + ty, H)
+                rows, cols = slice(0, bottom - top), slice(c0, min(c0 + tx, W))
+                if top != labels.top or not len(labels.band):
+                    labels.start_band(top, bottom)
+                labels.band[rows, cols] = tile[: bottom - top, : cols.stop - c0]
                 continue
             (y0, y1), ri = _nearest_span(r0, ty, factor[0], H)
             (x0, x1), ci = _nearest_span(c0, tx, factor[1], W)
-            if y1 > y0 and x1 > x0:
-                labels[y0:y1, x0:x1] = tile[ri[:, None], ci[None, :]]
+            if y1 <= y0:
+                continue
+            if y0 != labels.top or not len(labels.band):
+                labels.start_band(y0, y1)
+            if x1 > x0:
+                labels.band[:, x0:x1] = tile[ri[:, None], ci[None, :]]
 
-    def _overlay(self, slide: PyramidSlide, labels: np.ndarray) -> np.ndarray:
+    def _overlay(self, slide: PyramidSlide, labels: BandedLabelMap) -> np.ndarray:
         """Slide thumbnail with the label colours blended in (``visualize.label_overlay``, class 0 not drawn)."""
         level = slide.level_count - 1
         for lvl in range(slide.level_count):
@@ -361,7 +431,7 @@ class WSIFoveatedInferer:
         th, tw = thumb.shape[:2]
         ry = np.minimum((np.arange(th) * step * slide.downsamples[level][0]).astype(np.int64), labels.shape[0] - 1)
         rx = np.minimum((np.arange(tw) * step * slide.downsamples[level][1]).astype(np.int64), labels.shape[1] - 1)
-        lab = np.asarray(labels[ry[:, None], rx[None, :]])
+        lab = labels.rows(ry)[:, rx]
         if self.output == "probability":
             color = np.array([255, 0, 0], np.float32)
             alpha = 0.6 * lab[..., None].astype(np.float32) / 255
@@ -442,3 +512,50 @@ def _nearest_span(start: int, size: int, factor: float, limit: int) -> tuple[tup
     hi = min(max(lo, math.ceil((start + size) * factor - 0.5)), limit)
     idx = np.floor((np.arange(lo, hi) + 0.5) / factor).astype(np.int64) - start
     return (lo, hi), np.clip(idx, 0, size - 1)  # clip: float rounding at a cell edge
+
+
+class _Prefetcher:
+    """Results of ``fn(item)`` for ``items`` in order, computed up to ``workers + 1`` items ahead in ``workers``
+    threads (``0``: in the caller's thread, on demand). ``busy`` sums the seconds spent inside ``fn``."""
+
+    def __init__(self, fn: Any, items: list[Any], workers: int, serialise: bool = False) -> None:
+        self._fn, self._items, self._workers = fn, items, workers
+        self._lock = threading.Lock() if serialise else None
+        self._next = 0
+        self._pending: deque[Future] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self.busy = 0.0
+
+    def _call(self, item: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            if self._lock is None:
+                return self._fn(item)
+            with self._lock:
+                return self._fn(item)
+        finally:
+            self.busy += time.perf_counter() - t0  # a float += from a few threads: a statistic, not a result
+
+    def _submit(self) -> None:
+        while self._pool is not None and self._next < len(self._items) and len(self._pending) <= self._workers:
+            self._pending.append(self._pool.submit(self._call, self._items[self._next]))
+            self._next += 1
+
+    def __enter__(self) -> _Prefetcher:
+        if self._workers > 0:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="wsi-read")
+            self._submit()
+        return self
+
+    def next(self) -> Any:
+        if self._pool is None:
+            item = self._items[self._next]
+            self._next += 1
+            return self._call(item)
+        result = self._pending.popleft().result()
+        self._submit()
+        return result
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

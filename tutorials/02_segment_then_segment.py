@@ -29,10 +29,10 @@
 # This tutorial runs the pipeline on the `dsb2018_nuclei` sample (a 512 x 512 fluorescence image with 125 nuclei,
 # from the 2018 Data Science Bowl):
 #
-# 1. trains a tiny coarse U-Net on 256 px tiles downscaled to 32 px (8x);
-# 2. turns its mask on a held-out quadrant into boxes with `ComponentBoxes` + `ExpandBoxes` and draws them;
-# 3. trains a tiny fine U-Net on 32 px crops around ground-truth nuclei (`RandComponentCropd`);
-# 4. segments the held-out quadrant with `SegmentThenSegmentInferer` and compares DSC and recall with the
+# 1. trains a tiny coarse U-Net on 256 px tiles downscaled to 32 px (8x), then a tiny fine U-Net on 32 px crops
+#    around ground-truth nuclei (`RandComponentCropd`), with the bundle's own MONAI training workflow;
+# 2. turns the coarse mask on a held-out quadrant into boxes with `ComponentBoxes` + `ExpandBoxes` and draws them;
+# 3. segments the held-out quadrant with `SegmentThenSegmentInferer` and compares DSC and recall with the
 #    coarse net alone (its mask upsampled to full resolution).
 
 # %%
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,10 +52,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Rectangle
-from monai.data import DataLoader, Dataset
-from monai.losses import DiceLoss
 
-from monai_fovea.apps.segment_then_segment import build_unet, coarse_train_transform, fine_train_transform, sample_split
+from monai_fovea.apps.segment_then_segment import build_unet, fine_train_transform, sample_split, train
 from monai_fovea.inferers import SegmentThenSegmentInferer
 from monai_fovea.metrics import segmentation_scores
 from monai_fovea.transforms import ComponentBoxes, CropResizeBoxes, ExpandBoxes
@@ -69,54 +68,54 @@ FEATURES = (8, 8, 16, 16, 32, 8)  # a tiny MONAI BasicUNet: 4 downsamplings, ~30
 # ## 1. Data: a held-out split of the sample
 #
 # `sample_split` cuts the one sample image into parts that share no pixel. The top half (256 x 512) is for
-# training and the bottom-right quadrant (256 x 256) is the test image. Intensities are scaled to [0, 1]
-# (1st-99.8th percentile) and the instance mask is binarised.
+# training, the bottom-left quadrant for validation (choosing the best epoch) and the bottom-right quadrant
+# (256 x 256) is the test image. Intensities are scaled to [0, 1] (1st-99.8th percentile) and the instance mask is
+# binarised.
 
 
 # %%
-def load_data() -> tuple[dict, dict]:
-    """Training half and held-out test quadrant: ``{"image": [1, H, W] float32, "label": [1, H, W] 0/1}``."""
-    (train,) = sample_split("dsb2018_nuclei", "train")
+def load_data() -> tuple[dict, dict, dict]:
+    """Training half, validation and held-out test quadrants: ``{"image": [1, H, W] float32, "label": [1, H, W] 0/1}``."""
+    (train_item,) = sample_split("dsb2018_nuclei", "train")
+    (val,) = sample_split("dsb2018_nuclei", "val")
     (test,) = sample_split("dsb2018_nuclei", "test")
-    print(f"train {train['image'].shape}, test {test['image'].shape}, "
+    print(f"train {train_item['image'].shape}, val {val['image'].shape}, test {test['image'].shape}, "
           f"nuclei pixels in test: {100 * test['label'].mean():.1f} %")
-    return train, test
+    return train_item, val, test
 
 
 # %% [markdown]
-# ## 2. Training both networks briefly
+# ## 2. Training both networks with the bundle's recipe
 #
-# The two networks differ only in their training data, and both use MONAI transforms from the project:
+# `train` runs the `segment_then_segment` bundle's `configs/train.json`, a MONAI workflow: a `SupervisedTrainer` for
+# the coarse net, then one for the fine net (started from the best coarse net), each validated after every epoch
+# by a `SupervisedEvaluator` with MONAI's `MeanDice`, keeping the best epoch. The two networks differ only in their
+# training data, and both use MONAI transforms from the project:
 #
 # * `coarse_train_transform`: a random 256 px tile with the paper's shift/scale/rotate/flip augmentation,
 #   downscaled to 32 px by area averaging, the same downscaling the inferer applies;
 # * `fine_train_transform`: `RandComponentCropd` picks one ground-truth nucleus, jitters its box, makes it square,
 #   pads it by `MARGIN` and resizes the crop to 32 px, so the fine net learns on the kind of crops it will see.
 #
-# The loss is soft Dice on the sigmoid output.
+# The loss is soft Dice on the sigmoid output. Any config key can be given as a keyword (here the sizes, the
+# epochs, the learning rate and the fine transform with a smaller jitter).
 
 
 # %%
-def train_net(
-    transform, item: dict, steps: int, batch_size: int = 8, lr: float = 3e-3, seed: int = 0
-) -> tuple[torch.nn.Module, list[float]]:
-    """A tiny U-Net trained for ``steps`` Adam steps on random draws of ``transform(item)``."""
-    torch.manual_seed(seed)
-    transform.set_random_state(seed)
-    net = build_unet(2, 1, FEATURES)
-    data = Dataset([item] * (steps * batch_size), transform)  # every draw is a fresh random crop
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    loss_fn = DiceLoss(sigmoid=True)
-    losses = []
-    net.train()
-    for batch in loader:
-        loss = loss_fn(net(batch["image"]), batch["label"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach().item())
-    return net.eval(), losses
+def train_both(train_item: dict, val: dict, model_dir: Path, epochs: int, samples_per_epoch: int) -> tuple:
+    """The coarse and the fine net (best validation epochs) and the training history, via the bundle's train.json."""
+    shutil.rmtree(model_dir, ignore_errors=True)  # the workflow resumes from what it finds there: start afresh
+    history = train(
+        [train_item], [val], model_dir, coarse_size=COARSE, fine_size=FINE, tile_size=TILE, features=list(FEATURES),
+        coarse_epochs=epochs, fine_epochs=epochs, samples_per_epoch=samples_per_epoch, batch_size=8, lr=3e-3,
+        fine_transform=fine_train_transform((FINE, FINE), max_shift=4, margin=MARGIN),
+    )
+    nets = []
+    for name in ("coarse.pt", "model.pt"):  # plain state dicts, as the bundle ships them
+        net = build_unet(2, 1, FEATURES)
+        net.load_state_dict(torch.load(model_dir / name, weights_only=True))
+        nets.append(net.eval())
+    return nets[0], nets[1], history
 
 
 # %% [markdown]
@@ -226,7 +225,7 @@ def save_figure(item: dict, result: dict, path: Path) -> None:
 # %% [markdown]
 # ## 6. Everything together
 #
-# `--quick` trains each net for 40 steps of 8 samples; the default, 150 steps.
+# `--quick` trains each net for 4 epochs of 80 samples (40 steps of 8); the default, 10 epochs of 120 (150 steps).
 
 
 # %%
@@ -240,12 +239,13 @@ def main(output_dir: str | Path = "./outputs/tutorials/02_segment_then_segment",
     torch.set_num_threads(1)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    steps = 40 if quick else 150
-    train, test = load_data()
-    coarse_net, coarse_losses = train_net(coarse_train_transform((COARSE, COARSE), (TILE, TILE)), train, steps)
-    fine_net, fine_losses = train_net(fine_train_transform((FINE, FINE), max_shift=4), train, steps, seed=1)
-    print(f"coarse Dice loss {coarse_losses[0]:.3f} -> {np.mean(coarse_losses[-5:]):.3f}; "
-          f"fine {fine_losses[0]:.3f} -> {np.mean(fine_losses[-5:]):.3f}")
+    epochs, samples = (4, 80) if quick else (10, 120)
+    train_item, val, test = load_data()
+    coarse_net, fine_net, history = train_both(train_item, val, out / "models", epochs, samples)
+    for stage in ("coarse", "fine"):
+        h = history[stage]
+        print(f"{stage}: Dice loss {h['loss'][0]:.3f} -> {h['loss'][-1]:.3f}, best validation DSC "
+              f"{h['best_val_dice']:.3f} (epoch {h['best_epoch']})")
     result = compare(test, coarse_net, fine_net)
     files = {"figure": out / "segment_then_segment.png", "json": out / "results.json"}
     save_figure(test, result, files["figure"])
@@ -255,7 +255,7 @@ def main(output_dir: str | Path = "./outputs/tutorials/02_segment_then_segment",
         print(f"{method:>22s}: DSC {s['dice']:.3f}  IoU {s['iou']:.3f}  precision {s['precision']:.3f}  "
               f"recall {s['recall']:.3f}")
     print(f"wrote {', '.join(str(p) for p in files.values())}")
-    return {**summary, **result, "test": test, "files": files}
+    return {**summary, **result, "test": test, "files": files, "history": history}
 
 
 # %%

@@ -148,10 +148,11 @@ def test_multi_gpu_train_gloo_cpu_parameters_equal_across_ranks(tmp_path):
     dump.write_text(json.dumps({"+run": [
         "$torch.save({'coarse': @coarse_net.state_dict(), 'fine': @fine_net.state_dict()}, "
         "@output_dir + f'/rank{dist.get_rank()}.pt')"]}))
-    args = [f"--{k}={v}" for k, v in TINY.items()]
-    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-                 "-m", "monai.bundle", "run", "--config_file", _configs("train.json", "multi_gpu_train.json")[:-1]
-                 + f", '{dump}']", "--model_dir", str(models), *args], tmp_path, CUDA_VISIBLE_DEVICES="")
+    args = [f"--{k}={v}" for k, v in TINY.items()]  # coarse_epochs, fine_epochs, samples_per_epoch, batch_size
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "--config_file", _configs("train.json", "multi_gpu_train.json")[:-1]
+           + f", '{dump}']", "--model_dir", str(models), *args]
+    proc = _run(cmd, tmp_path, CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [torch.load(tmp_path / "runs" / "train" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for stage in ("coarse", "fine"):
@@ -168,6 +169,14 @@ def test_multi_gpu_train_gloo_cpu_parameters_equal_across_ranks(tmp_path):
     assert len(history["coarse"]["loss"]) == 2 and len(history["fine"]["val_dice"]) == 3
     for name in ("model.pt", "coarse.pt"):
         build_unet(2, 1, FEATURES).load_state_dict(torch.load(models / name, weights_only=True))
+    # the same command with one more fine epoch: every rank resumes from the resume checkpoint rank 0 wrote
+    proc = _run(cmd[:-len(args)] + [*args[:-3], "--fine_epochs=4", *args[-2:]], tmp_path, CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (proc.stdout + proc.stderr).count("resumed from") == 4  # 2 ranks x 2 stages
+    ranks = [torch.load(tmp_path / "runs" / "train" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(ranks[0]["fine"][k], ranks[1]["fine"][k]) for k in ranks[0]["fine"])
+    assert not torch.equal(ranks[0]["fine"]["final_conv.weight"], last["final_conv.weight"])  # trained on
+    assert len(json.loads((models / "train_history.json").read_text())["fine"]["val_dice"]) == 4
 
 
 def test_train_killed_in_the_fine_stage_resumes_to_the_same_weights(tmp_path):

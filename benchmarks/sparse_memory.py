@@ -41,10 +41,13 @@ What is measured, each (network, input, scale) in a fresh subprocess (one SGD st
 Dense runs get an address-space limit (``--dense-limit-gb``); a run that exceeds it is reported as "did not fit" --
 a measured outcome, not an estimate.
 
-Run (CPU, ~10 minutes on one core per input):
+Run (CPU: 5-7 minutes per input on one core; ``dense_twin`` adds ~3 minutes per step at x1 and is left out here;
+the 8 GB limit keeps the full-resolution MONAI UNet from starving a shared machine at x2):
 
-    OMP_NUM_THREADS=1 python benchmarks/sparse_memory.py --input synthetic --channels 8,16,32,64 --strides 2,2,2
-    OMP_NUM_THREADS=1 python benchmarks/sparse_memory.py --input ct
+    OMP_NUM_THREADS=1 python benchmarks/sparse_memory.py --input synthetic --channels 8,16,32,64 --strides 2,2,2 \
+        --kinds sparse,monai_unet,monai_unet_full --dense-limit-gb 8
+    OMP_NUM_THREADS=1 python benchmarks/sparse_memory.py --input ct --kinds sparse,monai_unet,monai_unet_full \
+        --dense-limit-gb 8
     OMP_NUM_THREADS=8 python benchmarks/sparse_memory.py --device cuda --dense-limit-gb 0
 """
 

@@ -285,7 +285,7 @@ def write_metrics(path: str | Path, metrics: dict[str, dict[str, Any]], prefix: 
     from monai_fovea.apps.training import is_rank_zero
     from monai_fovea.data.io import atomic_output
 
-    out = {stage: {(k[len(prefix):] if k.startswith(prefix) else k): float(v) for k, v in m.items()}
+    out = {stage: {k.removeprefix(prefix): float(v) for k, v in m.items()}
            for stage, m in metrics.items()}
     if is_rank_zero():
         with atomic_output(path) as tmp:

@@ -21,7 +21,14 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, MeanDice, ValidationHandler, from_engine
 from monai.losses import DiceLoss
 from monai.networks.nets import BasicUNet
-from monai.transforms import Activationsd, AsDiscreted, Compose, RandAffined, RandFlipd, RandSpatialCropd
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    Compose,
+    RandAffined,
+    RandFlipd,
+    RandSpatialCropd,
+)
 from monai.utils import set_determinism
 
 from monai_fovea.apps.training import AtomicCheckpointSaver, ResumeCheckpoint

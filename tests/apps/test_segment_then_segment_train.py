@@ -91,7 +91,10 @@ def test_repeat_items_and_coarse_mask_inferer():
 
 
 def test_aal_split_has_a_validation_slab_disjoint_from_training():
-    from monai_fovea.apps.segment_then_segment import AAL_VAL_START, aal_structures_split
+    from monai_fovea.apps.segment_then_segment import (
+        AAL_VAL_START,
+        aal_structures_split,
+    )
 
     full = aal_structures_split("train_full")[0]
     tr, va, te = (aal_structures_split(p)[0] for p in ("train", "val", "test"))

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from monai_fovea.apps.training import AtomicCheckpointSaver, ResumeCheckpoint, RNGState, randomizable_transforms
+from monai_fovea.apps.training import (
+    AtomicCheckpointSaver,
+    ResumeCheckpoint,
+    RNGState,
+    randomizable_transforms,
+)
 
 SCRIPT = Path(__file__).with_name("resume_trainer.py")
 ITERATIONS_PER_EPOCH = 3  # 6 items, batch 2

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-
 __all__ = [
     "BUNDLE_CHANNELS",
     "EVAL_SEEDS",

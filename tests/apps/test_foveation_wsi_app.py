@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from monai_fovea.apps.foveation_wsi import DenseFoveated, build_network, stain_rule_labels
+from monai_fovea.apps.foveation_wsi import (
+    DenseFoveated,
+    build_network,
+    stain_rule_labels,
+)
 from monai_fovea.metrics import iou_per_class
 
 GLASS, EOSIN, HAEM = (242, 242, 242), (232, 150, 205), (75, 40, 125)
@@ -79,8 +83,9 @@ def test_read_label_rows_and_segmentation_report(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from monai_fovea.apps.foveation_wsi import ReadLabelRowsd, SegmentationReport
     import tifffile
+
+    from monai_fovea.apps.foveation_wsi import ReadLabelRowsd, SegmentationReport
 
     label_map = np.zeros((6, 4), np.uint8)
     label_map[3:, :2] = 1  # rows 3..5: [[1, 1, 0, 0]] * 3

@@ -50,7 +50,11 @@ def test_defect_case_is_a_partition_of_the_skull():
 def test_multilevel_loss_of_the_workflow_equals_the_networks_own_loss():
     """prepare_completion_batch + CompletionLevels + MultiLevelOccupancyLoss (what train.json declares) compute
     exactly SparseCompletionNet.loss (the seed's loss, which the shipped weights were trained with)."""
-    from monai_fovea.apps.skull_training import CompletionLevels, MultiLevelOccupancyLoss, prepare_completion_batch
+    from monai_fovea.apps.skull_training import (
+        CompletionLevels,
+        MultiLevelOccupancyLoss,
+        prepare_completion_batch,
+    )
     from monai_fovea.networks.sparse_blocks import dense_to_spconv
 
     case = sc.make_defect_case(skull_shell((32, 32, 24), seed=1, thickness=(3, 5)).astype(bool), 2, (4, 6))

@@ -323,7 +323,7 @@ def sts3d_run(tmp_path_factory):
     from monai_fovea.apps.segment_then_segment import aal_structures_split
 
     src = tmp_path_factory.mktemp("sts3d_in")
-    vol = (aal_structures_split("train")[0]["image"][0, :48, :48, :40] * 1000).astype(np.float32)
+    vol = (aal_structures_split("train_full")[0]["image"][0, :48, :48, :40] * 1000).astype(np.float32)
     write_nifti(vol.astype(np.int16), src / "good.nii.gz", np.eye(4))
     nan = vol.copy()
     nan[:8] = np.nan

@@ -320,7 +320,8 @@ def train_superres(output_path: str | os.PathLike, steps: int = 400, lr: float =
         parser.update({"device": torch.device(device), "channels": list(channels), "superres_factor": int(factor),
                        "superres_crop": list(crop_size), "superres_skull_seeds": list(skull_seeds),
                        "learning_rate": lr, "epoch_length": int(steps), "max_epochs": 1, "seed": seed,
-                       "model_dir": tmp, "output_dir": tmp, "checkpoint_dir": str(Path(tmp) / "resume")})
+                       "model_dir": tmp, "output_dir": tmp, "checkpoint_dir": str(Path(tmp) / "resume"),
+                       "log_iterations": False})
         set_determinism(seed=seed)
         trainer = parser.get_parsed_content("train#trainer")
         trainer.add_event_handler(Events.ITERATION_COMPLETED,

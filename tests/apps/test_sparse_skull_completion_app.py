@@ -147,6 +147,23 @@ def test_superres_input_is_the_nearest_upsampled_max_pool():
     assert (up | mask).sum() == up.sum()  # the coarse grid covers the fine mask
 
 
+def test_superres_pair_is_the_coarse_shell_and_the_fine_mask_alone():
+    """The super-resolution target is the fine mask only: the previous loop also put the coarse input's shell into
+    the target (the completion task's target), which taught the network to keep the coarse boundary."""
+    from monai_fovea.apps.skull_training import SuperResInputd
+    from monai_fovea.transforms import EdgeShell
+
+    fine = skull_shell((24, 24, 20), seed=3, thickness=(2, 3)).astype(bool)
+    d = SuperResInputd("complete", factor=2)({"complete": fine[None].astype(np.uint8)})
+    assert np.array_equal(d["label"][0].numpy() > 0, fine)
+    coarse = sc.superres_input(fine, 2)
+    expected = EdgeShell()(torch.from_numpy(coarse[None].astype(np.float32)))
+    assert torch.equal(d["image"], expected.float())
+    shell = d["image"][0].numpy() > 0
+    assert (shell & ~fine).any()  # the input has voxels outside the fine mask (the coarse boundary) ...
+    assert not (d["label"][0].numpy()[shell & ~fine]).any()  # ... which the target leaves empty
+
+
 def test_superres_training_and_refinement_run_on_the_fine_grid(tmp_path):
     out = tmp_path / "sr.pt"
     result = sc.train_superres(out, steps=3, channels=(2, 4, 4), crop_size=(24, 24, 24), skull_seeds=(1,))

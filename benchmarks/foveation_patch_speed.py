@@ -6,7 +6,13 @@ Compared side by side in one run, on CPU with one thread, on the same image and 
 * (a) a straightforward per-patch loop: for each centre and scale, crop the in-image part, zero-pad it to the
   field of view, ``F.interpolate`` (bilinear) to the output size;
 * (b) the same composed from MONAI transforms per patch: ``SpatialCrop`` → ``BorderPad`` → ``Resize``;
-* write limit: allocating and filling the ``[N, D, C, *output]`` output tensor once (a memory-bound floor).
+* write limit: allocating and filling the ``[N, D, C, *output]`` output tensor once (a memory-bound floor);
+* (c) the plain-library baseline for the resampler: one batched ``F.grid_sample`` per scale over all centres, on the
+  mip-map level of that scale (``build_pyramid``/``pyramid_level``, the same levels ours reads), coordinates from
+  ``patch_sample_coords``; compared with ours (``antialias=True``) for equality, as a whole and per scale against
+  each of our two paths: the whole-number-step fast path (``_sample_integer_step``, strided views) and the general
+  path (``_sample_general``, index gathers; forced by raising ``_FAST_PATH_MIN_ELEMENTS``). The pyramid is built
+  once outside the timings for these per-scale rows.
 
 (a) and (b) are checked equal to ours (``antialias=False``: bilinear from the full-resolution image) before
 timing is reported. Fields of view and output size are chosen with the same parity, so every crop is pixel-aligned
@@ -76,6 +82,27 @@ def monai_loop(img: torch.Tensor, centers: np.ndarray, sizes: list[int], o: int)
     return out
 
 
+def grid_sample_scale(level: torch.Tensor, ctr: torch.Tensor, s: int, o: int, lvl: int) -> torch.Tensor:
+    """``[N, C, o, o]``: one scale of every centre by one ``F.grid_sample`` call on its mip-map level."""
+    from monai_fovea.transforms.foveation.functional import patch_sample_coords
+
+    c, h, w = level.shape
+    ys, xs = patch_sample_coords(ctr, (s, s), (o, o), lvl)  # level-pixel coordinates, pixel i centred at i
+    gy, gx = (2 * ys + 1) / h - 1, (2 * xs + 1) / w - 1  # align_corners=False normalisation
+    n = len(ctr)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1).to(level.dtype)  # [N, o, o, 2]
+    out = F.grid_sample(level[None], grid.reshape(1, n * o, o, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(c, n, o, o).transpose(0, 1)
+
+
+def grid_sample_mipmap(img: torch.Tensor, ctr: torch.Tensor, sizes: list[int], o: int, pyramid=None) -> torch.Tensor:
+    from monai_fovea.transforms.foveation.functional import build_pyramid, pyramid_level
+
+    levels = [pyramid_level(s / o) for s in sizes]
+    pyramid = pyramid if pyramid is not None else build_pyramid(img, max(levels) + 1)
+    return torch.stack([grid_sample_scale(pyramid[lv], ctr, s, o, lv) for s, lv in zip(sizes, levels)], 1)
+
+
 def _time(fn, repeats: int) -> tuple[float, float, object]:
     """Median wall and CPU (this process) seconds over ``repeats`` runs, and the last result.
 
@@ -118,6 +145,11 @@ def main() -> None:
     w_naive, t_naive, out_naive = _time(lambda: naive_loop(img, centers, sizes, o), 1)
     w_monai, t_monai, out_monai = _time(lambda: monai_loop(img, centers, sizes, o), 1)
     w_naive_aa, t_naive_aa, _ = _time(lambda: naive_loop_antialias(img, centers, sizes, o), 1)
+    w_grid, t_grid, out_grid = _time(lambda: grid_sample_mipmap(img, ctr, sizes, o), args.repeats)
+    out_ours_aa = ours_aa(img, ctr)
+    err_c = float((out_ours_aa - out_grid).abs().max())
+    print(f"max |ours (antialias=True) - (c) grid_sample on the mip-map| = {err_c:.2e}; unit scale bit-identical: "
+          f"{torch.equal(out_ours_aa[:, 0], out_grid[:, 0])}")
     err_a = float((out_ours - out_naive).abs().max())
     err_b = float((out_ours - out_monai).abs().max())
     exact_unit = torch.equal(out_ours[:, 0], out_naive[:, 0]) and torch.equal(out_ours[:, 0], out_monai[:, 0])
@@ -132,6 +164,7 @@ def main() -> None:
         ("(a) per-patch loop: crop+pad+interpolate", w_naive, t_naive),
         ("(b) per-patch MONAI SpatialCrop+BorderPad+Resize", w_monai, t_monai),
         ("(a') per-patch loop with interpolate(antialias=True)", w_naive_aa, t_naive_aa),
+        ("(c) batched grid_sample on the mip-map level", w_grid, t_grid),
     ]
     print(f"\n{'method':52s} {'wall s':>8s} {'CPU s':>8s} {'patches/CPU s':>14s}")
     for name, w, t in rows:
@@ -141,6 +174,32 @@ def main() -> None:
     print(f"speed-up of ours (antialias=True) vs (a'): {t_naive_aa / t_ours_aa:.1f}x, "
           f"vs (b): {t_monai / t_ours_aa:.1f}x")
     print(f"ours / write floor: {t_ours / t_write:.2f}x (antialias=False), {t_ours_aa / t_write:.2f}x (antialias=True)")
+    print(f"speed-up of ours (antialias=True) vs (c) grid_sample on the mip-map: {t_grid / t_ours_aa:.2f}x")
+    per_scale(img, ctr, sizes, o, args.repeats)
+
+
+def per_scale(img: torch.Tensor, ctr: torch.Tensor, sizes: list[int], o: int, repeats: int) -> None:
+    """Per scale, pyramid prebuilt: our fast path (when the scale takes it), our general path, grid_sample."""
+    import monai_fovea.transforms.foveation.functional as fn
+
+    levels = [fn.pyramid_level(s / o) for s in sizes]
+    pyramid = fn.build_pyramid(img, max(levels) + 1)
+    print(f"\nper scale (pyramid prebuilt), CPU s, median of {repeats}; ratio = grid_sample / ours (>1: ours faster)")
+    print(f"{'FoV':>6s} {'level':>5s} {'ours default':>13s} {'path':>8s} {'ours general':>13s} {'grid_sample':>12s} "
+          f"{'default':>8s} {'general':>8s} {'max diff':>9s}")
+    default_min = fn._FAST_PATH_MIN_ELEMENTS
+    for s, lv in zip(sizes, levels):
+        fast = fn._integer_steps((s, s), (o, o), lv) is not None and len(ctr) * img.shape[0] * o * o >= default_min
+        _, t_def, a = _time(lambda: fn.multiscale_patches(img, ctr, [s], o, pyramid=pyramid), repeats)
+        fn._FAST_PATH_MIN_ELEMENTS = 1 << 62
+        try:
+            _, t_gen, b = _time(lambda: fn.multiscale_patches(img, ctr, [s], o, pyramid=pyramid), repeats)
+        finally:
+            fn._FAST_PATH_MIN_ELEMENTS = default_min
+        _, t_gs, g = _time(lambda: grid_sample_scale(pyramid[lv], ctr, s, o, lv), repeats)
+        diff = max(float((a[:, 0] - g).abs().max()), float((b[:, 0] - g).abs().max()))
+        print(f"{s:6d} {lv:5d} {t_def:13.4f} {'fast' if fast else 'general':>8s} {t_gen:13.4f} {t_gs:12.4f} "
+              f"{t_gs / t_def:7.2f}x {t_gs / t_gen:7.2f}x {diff:9.1e}")
 
 
 if __name__ == "__main__":

@@ -199,6 +199,9 @@ def test_multi_gpu_train_ddp_gloo_cpu_ranks_end_identical(tmp_path, mode):
     net.load_state_dict(torch.load(tmp_path / "models" / "model_last.pt", map_location="cpu", weights_only=True))
     assert all(torch.equal(p, r0["params"][k]) for k, p in net.named_parameters())  # rank 0 saved them
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt", "model_last.pt"]
+    # rank 0 writes: one TensorBoard file for the trainer and one for the evaluator (the file name holds the pid)
+    events = list(out.glob("events.out.tfevents.*"))
+    assert len(events) == 2 and len({p.name.rsplit(".", 2)[1] for p in events}) == 1
     resume = torch.load(out / "resume" / "resume.pt", weights_only=True)
     assert resume["trainer"]["iteration"] == 4 and len(resume["rng"]) == 2  # one random state per rank
 

@@ -214,6 +214,9 @@ def test_multi_gpu_train_runs_ddp_with_gloo_on_cpu_and_ranks_end_identical(tmp_p
     trained = dict(net.named_parameters())
     assert all(torch.equal(trained[k], r0["params"][k]) for k in r0["params"])  # rank 0 saved them
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt", "model_last.pt"]  # no temporaries
+    # rank 0 writes: one TensorBoard file for the trainer and one for the evaluator, none from rank 1
+    assert len({p.name.rsplit(".", 2)[1] for p in out.glob("events.out.tfevents.*")}) == 1
+    assert len(list(out.glob("events.out.tfevents.*"))) == 2
     # 2 ranks x 2 iterations per epoch (4 samples split by the DistributedSampler), 2 epochs
     assert torch.load(out / "resume" / "resume.pt", weights_only=True)["trainer"]["iteration"] == 4
 

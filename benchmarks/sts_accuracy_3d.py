@@ -4,8 +4,8 @@ the AAL atlas on the ``mri_ch2`` T1 head (181 × 217 × 181, 1 mm).
 Task: binary segmentation of the union of the AAL amygdala (41, 42), pallidum (75, 76) and Heschl gyrus (79, 80)
 labels — six structures of 1 700-2 300 voxels (about 12-15 mm across) in a 7-million-voxel head.
 
-Held-out split (no voxel in both): train = left hemisphere (array x >= 91, RAS x > 0), test = right hemisphere
-(x < 90), mirrored along x so that it looks like a left one. Both halves are cut to the same field of view, the
+Held-out split (no voxel in both): train = right hemisphere (array x >= 91, RAS x > 0, AAL's even labels), test =
+left hemisphere (x < 90), mirrored along x so that it looks like a right one. Both halves are cut to the same field of view, the
 box around the six structures plus 8 voxels (76 × 61 × 64 voxels), to keep CPU training short; the structures
 fill 2 % of it. There is one subject only: checkpoints are selected on the training half (no separate validation
 volume), and the test set is 3 structures — a small, stated sample.

@@ -451,13 +451,15 @@ def aal_structures_split(part: str = "train") -> list[dict[str, np.ndarray]]:
 
 
 def default_input_3d(cache_dir: str | Path | None = None) -> str:
-    """Path of the 3D bundle's default input: the held-out T1 crop of ``aal_structures_split("test")`` (the right
-    hemisphere mirrored into a left one, raw intensities), written once (with its ground-truth mask beside it,
+    """Path of the 3D bundle's default input: the held-out T1 crop of ``aal_structures_split("test")`` (the left
+    hemisphere — RAS x < 0, AAL's odd labels — mirrored into a right one, raw intensities), written once (with its ground-truth mask beside it,
     ``*_label.nii.gz``) into ``cache_dir`` (default: the sample data folder's ``segment_then_segment/``).
 
-    Its affine is that of the mirror image (the right hemisphere's voxel positions reflected about the
+    Its affine is that of the mirror image (the left hemisphere's voxel positions reflected about the
     mid-sagittal plane x = 0), so it is stored in the training frame (RAS, 1 mm) like the training half: a model
-    that brings its inputs into that frame sees what a left hemisphere looks like.
+    that brings its inputs into that frame sees what a right hemisphere looks like. (Earlier documents called the
+    training half "left"; with this T1's affine, array x >= 91 is RAS x > 0, the right hemisphere, where AAL puts
+    its even, right-hemisphere labels.)
 
     Example:
         >>> default_input_3d()  # doctest: +SKIP

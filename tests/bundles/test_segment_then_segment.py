@@ -218,7 +218,7 @@ def test_train_killed_in_the_fine_stage_resumes_to_the_same_weights(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 # 3D (NIfTI): configs/inference_3d.json with models/coarse_3d.pt and models/model_3d.pt
 
-# measured: DSC 0.665 of the bundle run on its default input (held-out right hemisphere) vs the AAL label
+# measured: DSC 0.665 of the bundle run on its default input (held-out left hemisphere, mirrored) vs the AAL label
 DICE_FLOOR_3D = 0.60
 CONFIGS_3D = ["inference.json", "inference_3d.json"]  # the NIfTI variant is an override file on the base config
 

@@ -90,7 +90,7 @@ class RandSkullChoiced(Randomizable, MapTransform):
         self._index = 0
 
     def randomize(self, data: Any = None) -> None:
-        # the same draws as the previous hand-written loop's ``_pick_skull``: one uniform, then (maybe) one integer
+        # like the previous loop's ``_pick_skull``: one uniform draw, then (for a synthetic skull) one integer
         if self.R.random_sample() < self.real_fraction or len(self.skulls) == 1:
             self._index = 0
         else:
@@ -168,8 +168,9 @@ def prepare_completion_batch(batchdata: Mapping[str, Any], device: str | torch.d
     """
     from monai_fovea.networks.sparse_blocks import dense_to_spconv
 
-    image = torch.as_tensor(batchdata["image"]).float().to(device=device, non_blocking=non_blocking)
-    label = torch.as_tensor(batchdata["label"])
+    image = torch.as_tensor(batchdata["image"]).as_subclass(torch.Tensor).float()
+    image = image.to(device=device, non_blocking=non_blocking)
+    label = torch.as_tensor(batchdata["label"]).as_subclass(torch.Tensor)
     target = torch.nonzero(label[:, 0] > 0).int().contiguous().to(device=device, non_blocking=non_blocking)
     return dense_to_spconv(image), target, (target,), {}
 

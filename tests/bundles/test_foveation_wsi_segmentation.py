@@ -264,3 +264,16 @@ def test_inference_default_sample_input(tmp_path, run_bundle):
     fractions = [(label == k).mean() for k in range(3)]
     assert 0.5 < fractions[0] < 0.9 and fractions[1] > 0.1 and fractions[2] > 0.01  # ~70 % glass on this slide
     assert (tmp_path / "cmu_small_region_overlay.png").is_file() and (tmp_path / "cmu_small_region_apsm.png").is_file()
+
+
+@pytest.mark.parametrize("value, expected", [("false", False), ("true", True), (True, True)])
+def test_train_switches_read_as_booleans_however_spelled(value, expected):
+    """``--balanced false`` on the command line is the string "false": the config reads it as False."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
+    parser["balanced"] = value
+    centers = parser.get_parsed_content("train#preprocessing#transforms#3")
+    assert type(centers).__name__ == "RandFoveationCentersd" and centers.sampler.balanced is expected

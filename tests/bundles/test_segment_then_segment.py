@@ -169,6 +169,11 @@ def test_multi_gpu_train_gloo_cpu_parameters_equal_across_ranks(tmp_path):
     assert len(history["coarse"]["loss"]) == 2 and len(history["fine"]["val_dice"]) == 3
     for name in ("model.pt", "coarse.pt"):
         build_unet(2, 1, FEATURES).load_state_dict(torch.load(models / name, weights_only=True))
+    # rank 0 alone logs to TensorBoard (the handlers are not even built on rank 1): per stage one event file for the
+    # trainer and one for the evaluator, both from one process
+    for stage in ("coarse", "fine"):
+        events = list((tmp_path / "runs" / "train" / stage).glob("events.out.tfevents.*"))
+        assert len(events) == 2 and len({p.name.rsplit(".", 2)[1] for p in events}) == 1, events
     # the same command with one more fine epoch: every rank resumes from the resume checkpoint rank 0 wrote
     proc = _run(cmd[:-len(args)] + [*args[:-3], "--fine_epochs=4", *args[-2:]], tmp_path, CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -67,7 +67,7 @@ def build(method: str):
     return net.eval()
 
 
-def run_ours(path: str, net, batch: int, workers: int) -> dict:
+def run_ours(path: str, net, batch: int, workers: int | None) -> dict:
     from monai_fovea.inferers import WSIFoveatedInferer
 
     with tempfile.TemporaryDirectory(prefix="wsi_tp_") as out:
@@ -125,7 +125,7 @@ def run_monai(path: str, net, batch: int) -> dict:
     return {"seconds": total, "locations": count["n"], "breakdown": timers}
 
 
-def run(method: str, path: str, net, batch: int, workers: int) -> dict:
+def run(method: str, path: str, net, batch: int, workers: int | None) -> dict:
     """One end-to-end run; ``cpu_seconds`` is this process's CPU time (all its threads), less sensitive than wall
     time to other jobs on a shared machine."""
     c0 = time.process_time()
@@ -190,14 +190,14 @@ method, path, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 net = b.build(method)
 import monai.inferers, monai_fovea.inferers, openslide  # imports before the baseline
 base = status_mb("VmRSS")
-res = b.run(method, path, net, batch, int(sys.argv[6]))
+res = b.run(method, path, net, batch, None if sys.argv[6] == "auto" else int(sys.argv[6]))
 print(json.dumps({**res, "baseline_rss_mb": base, "peak_rss_mb": status_mb("VmHWM")}))
 """
 
 
-def run_child(method: str, path: Path, batch: int, threads: int, workers: int) -> dict:
+def run_child(method: str, path: Path, batch: int, threads: int, workers: int | None) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, method, str(path), str(batch), str(threads), str(Path(__file__).parent), str(workers)],
+        [sys.executable, "-c", CHILD, method, str(path), str(batch), str(threads), str(Path(__file__).parent), "auto" if workers is None else str(workers)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
     )
     if proc.returncode:
@@ -216,7 +216,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["monai", "fixed", "soft3", "soft5", "soft3-serial"])
     parser.add_argument("--batch", type=int, default=64, help="locations per network call (both paths)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the reader thread comes on top)")
-    parser.add_argument("--workers", type=int, default=1, help="our read_workers")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="our read_workers (default: the inferer's choice, 1 reader thread unless torch uses every core)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large-sizes", type=int, nargs="*", default=[8192, 16384])
     parser.add_argument("--large-methods", nargs="+", default=["monai", "fixed", "soft3"])
@@ -229,7 +230,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sample = Path(samples.fetch("cmu_slide")["image"])
-    print(f"# WSI throughput, {time.strftime('%Y-%m-%d')}, torch threads {args.threads}, read_workers {args.workers}, "
+    print(f"# WSI throughput, {time.strftime('%Y-%m-%d')}, torch threads {args.threads}, read_workers {'auto' if args.workers is None else args.workers}, "
           f"batch {args.batch}, {os.cpu_count()} CPUs (shared with other jobs: timings noisy, ratios per round)")
     nets = {m: build(m) for m in args.methods}
     for m in args.methods:  # warm-up (first-call allocations, file cache)

@@ -102,8 +102,11 @@ class WSIFoveatedInferer:
             keeps whole-pixel geometry (``factor == 1`` reproduces ``mpp=None`` bit for bit; ``2`` reads the
             pyramid's 2× level pixel for pixel). ``0`` disables snapping.
         read_workers: threads reading the next batches' patches while the network runs on the current one
-            (``read_workers + 1`` batches are read ahead at most). ``0`` reads in the calling thread. Results do not
-            depend on it. Reads of a ``tifffile`` slide are serialised (its file handle is shared).
+            (``read_workers + 1`` batches are read ahead at most). ``0`` reads in the calling thread. ``None``
+            (default): 1 when the network runs on a GPU or torch uses fewer threads than there are CPU cores, else 0
+            — a reader thread beside torch's own threads on every core slows the network down more than the
+            overlap saves (measured with 2 torch threads on 2 cores, ``benchmarks/wsi_throughput.py``). Results
+            do not depend on it. Reads of a ``tifffile`` slide are serialised (its file handle is shared).
 
     Resolution rule:
         ``factor = mpp / slide_mpp`` per axis (level-0 pixels per model pixel; ``slide_mpp`` from the slide's
@@ -145,14 +148,14 @@ class WSIFoveatedInferer:
         mpp: float | None = None,
         default_mpp: float | None = None,
         mpp_rtol: float = 0.01,
-        read_workers: int = 1,
+        read_workers: int | None = None,
     ) -> None:
         for arg, value in (("mpp", mpp), ("default_mpp", default_mpp)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{arg} must be a positive number of µm per pixel or None, got {value!r}")
         if not 0 <= mpp_rtol < 0.5:
             raise ValueError(f"mpp_rtol must be in [0, 0.5), got {mpp_rtol!r}")
-        if read_workers < 0:
+        if read_workers is not None and read_workers < 0:
             raise ValueError(f"read_workers must be >= 0, got {read_workers}")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
@@ -296,7 +299,7 @@ class WSIFoveatedInferer:
                     reads = _Prefetcher(
                         lambda i: self._read_batch(slide, net, centers[i : i + self.sw_batch_size],
                                                    used[i : i + self.sw_batch_size], factor, sw_device),
-                        starts, self.read_workers, serialise=slide.backend == "tifffile",
+                        starts, _read_workers(self.read_workers, sw_device), serialise=slide.backend == "tifffile",
                     )
                     with reads:
                         for start in tqdm(starts, desc=f"foveated WSI {name}", disable=not self.progress):
@@ -512,6 +515,15 @@ def _nearest_span(start: int, size: int, factor: float, limit: int) -> tuple[tup
     hi = min(max(lo, math.ceil((start + size) * factor - 0.5)), limit)
     idx = np.floor((np.arange(lo, hi) + 0.5) / factor).astype(np.int64) - start
     return (lo, hi), np.clip(idx, 0, size - 1)  # clip: float rounding at a cell edge
+
+
+def _read_workers(requested: int | None, sw_device: torch.device) -> int:
+    """``requested``, or for ``None``: 1 reader thread when it does not take a core from torch's threads (network on
+    a GPU, or fewer torch threads than cores), else 0."""
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if sw_device.type != "cpu" or torch.get_num_threads() < cores else 0
 
 
 class _Prefetcher:

@@ -135,11 +135,11 @@ class CohortEvaluator(SupervisedEvaluator):
             if self.cohort_postprocessing is not None:
                 # MONAI's engine may have decollated already (decollate=True); either way: one item at a time
                 items = output if isinstance(output, list) else decollate_batch(output, detach=True)
-                for b, o in zip(decollate_batch(batchdata, detach=True), items):
+                for source, b, o in zip(sources, decollate_batch(batchdata, detach=True), items):
                     b, o = engine_apply_transform(b, o, self.cohort_postprocessing)
                     self.outputs.append({k: v for k, v in {**b, **o}.items() if str(k).endswith("_file")})
-                    for k, v in self.outputs[-1].items():
-                        logger.info("%s: wrote %s", sources[0], v)
+                    for path in self.outputs[-1].values():
+                        logger.info("%s: wrote %s", source, path)
             self.processed += len(sources)
             return output
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the cohort
@@ -161,7 +161,8 @@ class CohortEvaluator(SupervisedEvaluator):
         for folder in {str(item["output_dir"]) for item in data if isinstance(item, dict) and "output_dir" in item}:
             remove_stale_temporaries(folder, include_own=True)
             path = Path(folder)
-            if path.is_dir() and not any(path.iterdir()):
+            # under torch.distributed another rank may be about to write into a folder that looks empty here
+            if path.is_dir() and not any(path.iterdir()) and not _rank_prefix():
                 path.rmdir()
 
     def report(self) -> dict[str, Any]:

@@ -42,7 +42,6 @@ __all__ = [
     "MultiLevelOccupancyLoss",
     "defect_datalist",
     "validation_datalist",
-    "evaluation_datalist",
     "ImplantMetricsWriter",
     "SyncedTimeLimit",
 ]
@@ -252,14 +251,6 @@ def validation_datalist(seeds: Sequence[int] = VALIDATION_SEEDS) -> list[dict[st
 
     ct, _ = load_ct_skull()
     return defect_datalist([{"name": f"ct_head/defect{s}", **make_defect_case(ct, s)} for s in seeds])
-
-
-def evaluation_datalist(**kwargs: Any) -> list[dict[str, Any]]:
-    """The held-out cases of :func:`~monai_fovea.apps.sparse_completion.evaluation_cases` (same arguments) as data
-    items."""
-    from monai_fovea.apps.sparse_completion import evaluation_cases
-
-    return defect_datalist(evaluation_cases(**kwargs))
 
 
 class ImplantMetricsWriter:

@@ -79,7 +79,10 @@ def read_tile(path: str | os.PathLike) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as img:  # no convert(): PIL's "RGB"/"L" conversion clips 16-bit grey to 255
-                arr = np.asarray(img.convert("RGB") if img.mode in ("P", "CMYK", "LA", "PA", "YCbCr") else img)
+                mode = img.mode
+                arr = np.asarray(img.convert("RGB") if mode in ("P", "CMYK", "LA", "PA", "YCbCr") else img)
+            if mode.startswith("I;16") or (mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535):
+                arr = arr.astype(np.uint16)  # PIL opens 16-bit grey PNGs as int32 "I" on some versions
     except Exception as exc:
         raise ValueError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim == 2:

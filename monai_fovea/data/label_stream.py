@@ -71,8 +71,9 @@ class BandedLabelMap:
 
     def _fill_to(self, row: int) -> None:
         chunk = max(1, (1 << 22) // max(1, self.shape[1]))
-        while self._written < min(row, self.shape[0]):
-            n = min(chunk, row - self._written)
+        end = min(row, self.shape[0])
+        while self._written < end:
+            n = min(chunk, end - self._written)
             self._file.write(np.full((n, self.shape[1]), self.fill, np.uint8).data)
             self._written += n
 

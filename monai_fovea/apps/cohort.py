@@ -17,6 +17,7 @@ every config error in "Failed to evaluate ConfigExpression", with the cause ~40 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,8 +64,23 @@ def root_cause(exc: BaseException) -> str:
         if nxt is None:
             break
         exc = nxt
-    message = " ".join(str(exc).split())
+    message = _without_embedded_tracebacks(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def _without_embedded_tracebacks(message: str) -> str:
+    """MONAI's ``LoadImage`` packs every reader's full traceback into its message (hundreds of words); keep its
+    first sentence and the error the first reader raised, e.g. ``"LoadImage cannot find a suitable reader for file:
+    a.nii.gz (nibabel...ImageFileError: Cannot work out file type of "a.nii.gz")"``."""
+    if _TRACEBACK not in message:
+        return message
+    head, first = message.split(_TRACEBACK)[:2]
+    head = head.split(". Please install")[0].strip().rstrip(".")
+    errors = list(re.finditer(r"([\w.]+(?:Error|Exception)): ", first))
+    return f"{head} ({errors[-1].group(1)}: {first[errors[-1].end():].strip()})" if errors else head
 
 
 class FailSafeDataset(Dataset):
@@ -117,6 +133,9 @@ class CohortEvaluator(SupervisedEvaluator):
     """
 
     def __init__(self, *args: Any, postprocessing: Callable | None = None, source_key: str = "image", **kwargs: Any) -> None:
+        # postprocessing decollates each batch itself (inside the failure guard); MONAI's own decollation at
+        # MODEL_COMPLETED would only do the same work a second time
+        kwargs.setdefault("decollate", False)
         super().__init__(*args, postprocessing=None, **kwargs)
         self.cohort_postprocessing = postprocessing
         self.source_key = source_key
@@ -182,9 +201,10 @@ class CohortEvaluator(SupervisedEvaluator):
 
 
 def _rank_prefix() -> str:
-    import torch.distributed as dist
+    from monai_fovea.apps.training import rank_and_world_size
 
-    return f"rank {dist.get_rank()}: " if dist.is_available() and dist.is_initialized() else ""
+    rank, world = rank_and_world_size()
+    return f"rank {rank}: " if world > 1 else ""
 
 
 def flag(value: bool | int | str) -> bool:
@@ -260,8 +280,11 @@ def shard_for_rank(items: Sequence[Any]) -> list[Any]:
     """
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    from monai_fovea.apps.training import rank_and_world_size
+
+    rank, world = rank_and_world_size()
+    if world == 1:
         return list(items)
-    box = [list(items) if dist.get_rank() == 0 else None]
+    box = [list(items) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0][dist.get_rank() :: dist.get_world_size()]
+    return box[0][rank::world]

@@ -104,7 +104,7 @@ def is_rank_zero() -> bool:
         >>> is_rank_zero()
         True
     """
-    return _dist()[0] == 0
+    return rank_and_world_size()[0] == 0
 
 
 def randomizable_transforms(transform: Any, max_depth: int = 8) -> list[Randomizable]:
@@ -278,7 +278,13 @@ def _stateful(obj: Any) -> Any:
     return obj
 
 
-def _dist() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
+    """``(rank, world_size)`` of the current ``torch.distributed`` group, ``(0, 1)`` without one.
+
+    Example:
+        >>> rank_and_world_size()
+        (0, 1)
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -363,7 +369,7 @@ class ResumeCheckpoint:
         max_epochs = engine.state.max_epochs
         for name, obj in objects.items():
             if name == "rng":
-                rank, world = _dist()
+                rank, world = rank_and_world_size()
                 states = checkpoint["rng"]
                 if len(states) != world:
                     logger.warning("%s was written by %d process(es), this run has %d: rank %d takes the random "
@@ -384,7 +390,7 @@ class ResumeCheckpoint:
         """Write the resume file (rank 0; all ranks contribute their random state)."""
         objects = self._objects(engine)
         rng_state = objects.pop("rng").state_dict()
-        rank, world = _dist()
+        rank, world = rank_and_world_size()
         if world > 1:
             import torch.distributed as dist
 

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_fovea.data.io import atomic_output, write_nifti, write_png
+from monai_fovea.data.io import _as_numpy, atomic_output, write_nifti, write_png
 
 __all__ = ["SaveNiftid", "SaveImage2Dd", "SaveBoxesJSONd", "output_path"]
 
@@ -35,9 +34,7 @@ def output_path(d: Mapping[Hashable, Any], postfix: str, suffix: str) -> Path:
 
 
 def _as_array(x: Any, dtype: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x).astype(dtype)
+    return _as_numpy(x).astype(dtype)
 
 
 class SaveNiftid(MapTransform):

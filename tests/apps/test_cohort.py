@@ -61,3 +61,12 @@ def test_fail_safe_dataset_turns_a_bad_file_into_a_failed_item(tmp_path):
     bad = ds[1]
     assert set(bad) == {"failed", "source"} and bad["source"] == str(tmp_path / "bad.nii.gz")
     assert not bad["failed"].startswith("RuntimeError: applying transform")  # the cause, not MONAI's wrapper
+
+
+def test_monai_reader_tracebacks_are_cut_to_the_first_readers_error(tmp_path):
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    load = Compose([LoadImaged("image", reader="NibabelReader", image_only=True)])  # as the NIfTI bundles
+    failed = FailSafeDataset([{"image": str(tmp_path / "broken.nii.gz")}], load)[0]["failed"]
+    assert "Traceback" not in failed and "Please install" not in failed
+    assert failed.startswith(f"RuntimeError: LoadImage cannot find a suitable reader for file: {tmp_path / 'broken.nii.gz'} (")
+    assert failed.endswith(f'ImageFileError: Cannot work out file type of "{tmp_path / "broken.nii.gz"}")')

@@ -142,12 +142,16 @@ class FoveatedPrepareBatch(PrepareBatch):
 
     The trainer then calls ``network(image, centers)`` (a :class:`FoveatedSegmenter`, or DDP around one) and the
     loss on ``(logits, weights)`` and ``target``: the label of the region each centre predicts (the smallest field
-    of view, resampled to ``output_size`` by nearest neighbour; ``ignore_index`` outside the image).
+    of view, resampled to ``output_size`` by nearest neighbour; ``ignore_index`` outside the image). When the batch
+    has a ``scale_target_key`` map (``[1, 1, *S]`` int, the per-location best fixed scale of
+    :func:`monai_fovea.apps.foveation_oracle.scale_target_map`, -1 = no preference), ``target`` is
+    ``(label patches, scale index [N] at each centre)`` for :class:`FoveatedLoss`'s prior term.
 
     Args:
         network: the segmenter (its ``target_patches`` gives the geometry; a DDP wrapper is unwrapped).
         ignore_index: label of pixels outside the image.
         centers_key: batch key of the ``[1, N, ndim]`` centres (from ``RandFoveationCentersd``).
+        scale_target_key: batch key of the optional scale-target map.
 
     Raises:
         ValueError: a batch of more than one image (the recipe is one image per step, as the paper).
@@ -157,10 +161,12 @@ class FoveatedPrepareBatch(PrepareBatch):
         >>> image, target, (centers,), _ = prep({"image": img[None], "label": lab[None], "centers": c[None]})  # doctest: +SKIP
     """
 
-    def __init__(self, network: torch.nn.Module, ignore_index: int = -100, centers_key: str = "centers") -> None:
+    def __init__(self, network: torch.nn.Module, ignore_index: int = -100, centers_key: str = "centers",
+                 scale_target_key: str = "scale_target") -> None:
         self.network = getattr(network, "module", network)
         self.ignore_index = int(ignore_index)
         self.centers_key = centers_key
+        self.scale_target_key = scale_target_key
 
     def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None,
                  non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
@@ -171,29 +177,63 @@ class FoveatedPrepareBatch(PrepareBatch):
         centers = torch.as_tensor(batchdata[self.centers_key])[0].to(device=device, non_blocking=non_blocking)
         label = torch.as_tensor(batchdata["label"]).as_subclass(torch.Tensor)[0].to(device=device, non_blocking=non_blocking)
         target = self.network.target_patches(label, centers, ignore_index=self.ignore_index)
+        if batchdata.get(self.scale_target_key) is not None:
+            smap = torch.as_tensor(batchdata[self.scale_target_key]).as_subclass(torch.Tensor)[0, 0]
+            idx = torch.minimum(centers.long().clamp(min=0), torch.tensor(smap.shape, device=centers.device) - 1)
+            scale = smap.to(centers.device)[tuple(idx.t())].long()
+            return image, (target, scale), (centers,), {}
         return image, target, (centers,), {}
 
 
 class FoveatedLoss(torch.nn.Module):
     """A loss on the logits of a :class:`FoveatedSegmenter`'s ``(logits, weights)`` output (MONAI's trainer passes
-    the whole output as ``pred``).
+    the whole output as ``pred``), with two optional terms on the head's weights ``f`` at the locations:
+
+    * ``entropy_weight * mean_i H(f_i)``: > 0 pushes the head towards confident choices, < 0 rewards spreading
+      (exploration) — the authors' ``+w·H`` option;
+    * ``prior_weight * mean_i -log f_i[t_i]``: the auxiliary prior towards the per-location best fixed scale
+      ``t_i`` (``target = (labels, t)``, locations with ``t_i < 0`` left out); :class:`FoveationSchedule` decays
+      its weight to 0.
+
+    Both terms are skipped when the weights carry no gradient (the fixed / random / average baselines).
 
     Args:
         loss: any ``loss(logits [N, K, *S], target [N, *S])``; default ``CrossEntropyLoss(ignore_index=-100)``.
+        entropy_weight: weight of the entropy term (either sign; 0 = off).
+        prior_weight: weight of the prior term (0 = off; usually set by the schedule).
 
     Example:
         >>> loss = FoveatedLoss(torch.nn.CrossEntropyLoss())
         >>> round(float(loss((torch.zeros(2, 3, 4, 4), None), torch.zeros(2, 4, 4, dtype=torch.long))), 4)  # ln 3
         1.0986
+        >>> f = torch.tensor([[0.5, 0.5], [0.5, 0.5]], requires_grad=True)
+        >>> reg = FoveatedLoss(torch.nn.CrossEntropyLoss(), entropy_weight=1.0, prior_weight=1.0)
+        >>> round(float(reg((torch.zeros(2, 3, 4, 4), f), (torch.zeros(2, 4, 4, dtype=torch.long),
+        ...                                              torch.tensor([1, -1])))), 4)  # ln 3 + ln 2 + ln 2
+        2.4849
     """
 
-    def __init__(self, loss: Callable[..., torch.Tensor] | None = None) -> None:
+    def __init__(self, loss: Callable[..., torch.Tensor] | None = None, entropy_weight: float = 0.0,
+                 prior_weight: float = 0.0) -> None:
         super().__init__()
         self.loss = loss if loss is not None else torch.nn.CrossEntropyLoss(ignore_index=-100)
+        self.entropy_weight = float(entropy_weight)
+        self.prior_weight = float(prior_weight)
 
-    def forward(self, pred: Any, target: torch.Tensor) -> torch.Tensor:
-        logits = pred[0] if isinstance(pred, (tuple, list)) else pred
-        return self.loss(logits, target)
+    def forward(self, pred: Any, target: Any) -> torch.Tensor:
+        logits, weights = (pred[0], pred[1]) if isinstance(pred, (tuple, list)) else (pred, None)
+        labels, scale = (target[0], target[1]) if isinstance(target, (tuple, list)) else (target, None)
+        out = self.loss(logits, labels)
+        if weights is None or not weights.requires_grad:
+            return out
+        log_f = torch.log(weights.clamp_min(1e-12))
+        if self.entropy_weight:
+            out = out + self.entropy_weight * (-(weights * log_f).sum(1)).mean()
+        if self.prior_weight and scale is not None:
+            valid = scale >= 0
+            if bool(valid.any()):
+                out = out + self.prior_weight * torch.nn.functional.nll_loss(log_f[valid], scale[valid].long())
+        return out
 
 
 class DatasetMeanIoU(Metric):
@@ -314,7 +354,11 @@ def train_foveation(
             whenever one is initialised). The bundle's ``multi_gpu_train.json`` is layered on: DDP (with
             ``find_unused_parameters`` in the modes that leave the head unused), ``DistributedSampler``, rank 0
             writes. The caller's process group is left as it is.
-        overrides: any further config overrides (``{"optimizer#lr": 1e-3, ...}``).
+        overrides: any further config overrides, e.g. the options that make the head learn where to look
+            (:mod:`monai_fovea.apps.foveation_schedule`): ``{"head_lr_scale": 10, "location_chunks": 16,
+            "warmup_mode": "random", "warmup_iterations": 500, "entropy_weight": -0.01, "tau_start": 1.0,
+            "tau_end": 0.1, "prior_weight": 1.0, "prior_iterations": 750}``. The prior needs ``"scale_target"``
+            in the training items (:func:`monai_fovea.apps.foveation_oracle.add_scale_targets`).
 
     Returns:
         ``{"loss": [per step], "val": [(step, mean_iou)], "best_mean_iou": float | None, "last_val": dict | None}``
@@ -345,7 +389,8 @@ def train_foveation(
         "device": torch.device(device),
         "network_def": model,
         "num_classes": int(num_classes or 0),
-        "train#datalist": [{"image": it[image_key], "label": it[label_key]} for it in train_data],
+        "train#datalist": [{"image": it[image_key], "label": it[label_key],
+                            **({"scale_target": it["scale_target"]} if "scale_target" in it else {})} for it in train_data],
         "validate#datalist": [{"image": it[image_key], "label": it[label_key]} for it in (val_data or [])],
         "max_epochs": math.ceil(num_iterations / epoch_length), "epoch_length": epoch_length,
         "num_centers": num_centers, "balanced": bool(balanced), "ignore_index": int(ignore_index),

@@ -10,8 +10,9 @@ Compared side by side in one run, on CPU with one thread, on the same image and 
 * (c) the plain-library baseline for the resampler: one batched ``F.grid_sample`` per scale over all centres, on the
   mip-map level of that scale (``build_pyramid``/``pyramid_level``, the same levels ours reads), coordinates from
   ``patch_sample_coords``; compared with ours (``antialias=True``) for equality, as a whole and per scale against
-  each of our two paths: the whole-number-step fast path (``_sample_integer_step``, strided views) and the general
-  path (``_sample_general``, index gathers; forced by raising ``_FAST_PATH_MIN_ELEMENTS``). The pyramid is built
+  each of our two paths: the whole-number-step fast path (``strided.py``, strided views) and the general path,
+  which is itself ``F.grid_sample`` (padding folded into the positions, a power-of-two window of the level; forced
+  by raising ``strided._FAST_PATH_MIN_ELEMENTS``), so its ratio is our wrapper's overhead. The pyramid is built
   once outside the timings for these per-scale rows.
 
 (a) and (b) are checked equal to ours (``antialias=False``: bilinear from the full-resolution image) before
@@ -91,7 +92,9 @@ def grid_sample_scale(level: torch.Tensor, ctr: torch.Tensor, s: int, o: int, lv
     gy, gx = (2 * ys + 1) / h - 1, (2 * xs + 1) / w - 1  # align_corners=False normalisation
     n = len(ctr)
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1).to(level.dtype)  # [N, o, o, 2]
-    out = F.grid_sample(level[None], grid.reshape(1, n * o, o, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        level[None], grid.reshape(1, n * o, o, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return out.view(c, n, o, o).transpose(0, 1)
 
 
@@ -181,21 +184,22 @@ def main() -> None:
 def per_scale(img: torch.Tensor, ctr: torch.Tensor, sizes: list[int], o: int, repeats: int) -> None:
     """Per scale, pyramid prebuilt: our fast path (when the scale takes it), our general path, grid_sample."""
     import monai_fovea.transforms.foveation.functional as fn
+    import monai_fovea.transforms.foveation.strided as strided
 
     levels = [fn.pyramid_level(s / o) for s in sizes]
     pyramid = fn.build_pyramid(img, max(levels) + 1)
     print(f"\nper scale (pyramid prebuilt), CPU s, median of {repeats}; ratio = grid_sample / ours (>1: ours faster)")
     print(f"{'FoV':>6s} {'level':>5s} {'ours default':>13s} {'path':>8s} {'ours general':>13s} {'grid_sample':>12s} "
           f"{'default':>8s} {'general':>8s} {'max diff':>9s}")
-    default_min = fn._FAST_PATH_MIN_ELEMENTS
+    default_min = strided._FAST_PATH_MIN_ELEMENTS
     for s, lv in zip(sizes, levels):
-        fast = fn._integer_steps((s, s), (o, o), lv) is not None and len(ctr) * img.shape[0] * o * o >= default_min
+        fast = strided._integer_steps((s, s), (o, o), lv) is not None and len(ctr) * img.shape[0] * o * o >= default_min
         _, t_def, a = _time(lambda: fn.multiscale_patches(img, ctr, [s], o, pyramid=pyramid), repeats)
-        fn._FAST_PATH_MIN_ELEMENTS = 1 << 62
+        strided._FAST_PATH_MIN_ELEMENTS = 1 << 62
         try:
             _, t_gen, b = _time(lambda: fn.multiscale_patches(img, ctr, [s], o, pyramid=pyramid), repeats)
         finally:
-            fn._FAST_PATH_MIN_ELEMENTS = default_min
+            strided._FAST_PATH_MIN_ELEMENTS = default_min
         _, t_gs, g = _time(lambda: grid_sample_scale(pyramid[lv], ctr, s, o, lv), repeats)
         diff = max(float((a[:, 0] - g).abs().max()), float((b[:, 0] - g).abs().max()))
         print(f"{s:6d} {lv:5d} {t_def:13.4f} {'fast' if fast else 'general':>8s} {t_gen:13.4f} {t_gs:12.4f} "

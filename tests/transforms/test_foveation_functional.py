@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from monai_fovea.transforms.foveation import functional as fov_functional
+from monai_fovea.transforms.foveation import strided
 from monai_fovea.transforms.foveation.functional import build_pyramid, multiscale_patches, pyramid_level
 
 PADDING_MODES = ["zeros", "constant", "border", "reflect", "symmetric"]
@@ -15,11 +15,11 @@ PADDING_MODES = ["zeros", "constant", "border", "reflect", "symmetric"]
 
 def _use_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """Force the sampling path of ``multiscale_patches`` (the automatic choice depends on the problem size):
-    ``general`` (interpolation), ``fast-pad`` (strided fast path for whole-number steps, levels always padded)
-    or ``fast-nopad`` (fast path, never pad: border patches fall back to the general path)."""
+    ``general`` (batched ``F.grid_sample``), ``fast-pad`` (strided fast path for whole-number steps, levels always
+    padded) or ``fast-nopad`` (fast path, never pad: border patches fall back to the general path)."""
     never = 2**62
-    monkeypatch.setattr(fov_functional, "_FAST_PATH_MIN_ELEMENTS", never if path == "general" else 0)
-    monkeypatch.setattr(fov_functional, "_PREP_COPY_FACTOR", never if path == "fast-pad" else 0)
+    monkeypatch.setattr(strided, "_FAST_PATH_MIN_ELEMENTS", never if path == "general" else 0)
+    monkeypatch.setattr(strided, "_PREP_COPY_FACTOR", never if path == "fast-pad" else 0)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -168,6 +168,21 @@ def test_vectorised_equals_per_patch_reference_loop_3d():
             np.testing.assert_allclose(out[n, d].numpy(), ref, atol=1e-9)
 
 
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+def test_centres_far_outside_equal_numpy_padding(padding_mode):
+    """Centres several image sizes away (reflect/symmetric repeat their period many times; the sampler folds the
+    positions back instead of padding), on an image whose sides are not powers of two."""
+    rng = np.random.default_rng(10)
+    img = rng.standard_normal((2, 13, 21))
+    centers = np.array([[-40.0, 60.0], [50.25, -30.5], [6.0, 10.0], [-3.0, 22.0]])  # inside the reference's margin
+    patch_sizes = [7, 11, 30]  # steps 1, 11/7, 30/7
+    out = multiscale_patches(img, centers, patch_sizes, 7, padding_mode=padding_mode, value=0.7, antialias=False)
+    for n in range(len(centers)):
+        for d, ps in enumerate(patch_sizes):
+            ref = _reference_patch(img, centers[n], (ps, ps), (7, 7), padding_mode, 0.7, False)
+            np.testing.assert_allclose(out[n, d].numpy(), ref, atol=1e-9, err_msg=f"{padding_mode} n={n} d={d}")
+
+
 def test_nearest_mode_keeps_label_values_and_fill():
     lab = torch.zeros(1, 16, 16, dtype=torch.int64)
     lab[0, 4:8, 4:8] = 3
@@ -267,8 +282,8 @@ def test_fast_path_blends_a_shared_fraction_once(monkeypatch):
     img = torch.as_tensor(rng.standard_normal((3, 32, 40)), dtype=torch.float32)
     centers = np.concatenate([rng.integers(8, 24, (12, 2)), [[0, 0], [31, 39]]])
     calls = []
-    blend = fov_functional._blend_level
-    monkeypatch.setattr(fov_functional, "_blend_level", lambda *a, **k: calls.append(1) or blend(*a, **k))
+    blend = strided._blend_level
+    monkeypatch.setattr(strided, "_blend_level", lambda *a, **k: calls.append(1) or blend(*a, **k))
     out = _both_paths(monkeypatch, img, centers, [8, 16, 32], 8, antialias=False)
     assert calls, "the shared-fraction blend was not exercised"
     for path in ("fast-pad", "fast-nopad"):

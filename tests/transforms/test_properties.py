@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from monai.data import MetaTensor
 from scipy import ndimage
 
-import monai_fovea.transforms.foveation.functional as fov_functional
+import monai_fovea.transforms.foveation.strided as fov_strided
 from monai_fovea.transforms import (
     ComponentBoxes,
     CropResizeBoxes,
@@ -63,12 +63,12 @@ def test_multiscale_patch_of_output_size_is_the_plain_crop(data, fast_path):
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.int32]))
     img = _image(data.draw(st.integers(0, 2**16)), (channels, *spatial), dtype)
 
-    old = fov_functional._FAST_PATH_MIN_ELEMENTS
-    fov_functional._FAST_PATH_MIN_ELEMENTS = 0 if fast_path else 1 << 60
+    old = fov_strided._FAST_PATH_MIN_ELEMENTS
+    fov_strided._FAST_PATH_MIN_ELEMENTS = 0 if fast_path else 1 << 60
     try:
         patches = MultiScalePatches(sizes, out, padding_mode="zeros")(img, centers)
     finally:
-        fov_functional._FAST_PATH_MIN_ELEMENTS = old
+        fov_strided._FAST_PATH_MIN_ELEMENTS = old
 
     assert patches.shape == (n, len(sizes), channels, *out)
     pad = max(out) + 4

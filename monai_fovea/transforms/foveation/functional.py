@@ -12,13 +12,16 @@ Geometry convention (shared by every foveation component, the WSI reader include
 * Antialiasing: scale ``d`` is sampled (bilinearly) from the level of a 2x average-pooled image pyramid whose pixel
   size is the largest power of two not above the sampling step ``s_d / o`` (a mip-map, built once per image), instead
   of blurring each patch. For integer factors aligned with the pyramid this is the exact block average.
+* Resampling: one batched ``F.grid_sample`` per scale on its level, the padding applied by folding the sample
+  positions into the image, on a power-of-two window of the level so whole-pixel positions stay exact;
+  ``nearest`` is a gather (round half up, any dtype); whole-number steps take the strided path of
+  ``strided.py``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,15 +39,8 @@ __all__ = [
 ]
 
 PADDING_MODES = ("zeros", "constant", "border", "reflect", "symmetric")
-# working-set size per chunk of centres (about an L2 cache): larger chunks spill intermediates to memory
-_CHUNK_BYTES = 1 << 21
-# whole-number sampling steps are read through strided views (``_sample_integer_step``) when a scale has at least
-# this many output elements; below it the fast path's fixed per-call overhead outweighs its gain (measured on CPU).
-# Tests set it to 0 (always) or a huge number (never) to compare the two paths.
-_FAST_PATH_MIN_ELEMENTS = 1 << 18
-# the fast path copies (pads or converts) a level only when the copy has at most this many elements per output
-# element it serves: the general path costs several copies per output element
-_PREP_COPY_FACTOR = 4
+# samples per F.grid_sample call: bounds the grid (ndim floats per sample) and the call's output
+_GRID_CHUNK_SAMPLES = 1 << 20
 
 
 def as_size_tuple(size: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -172,170 +168,123 @@ def map_padded_index(idx: torch.Tensor, size: int, padding_mode: str) -> tuple[t
     raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
 
 
-def _axis_taps(
-    coords: torch.Tensor, size: int, padding_mode: str, interp: str, dtype: torch.dtype
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Interpolation taps along one axis: a list of (index [N, o], weight [N, o] or None meaning 1)."""
-    if interp == "nearest":
-        # round half up, as index = floor(x + 0.5); exact for the unit-step integer case
-        idx = torch.floor(coords + 0.5).to(torch.int64)
-        idx, inside = map_padded_index(idx, size, padding_mode)
-        return [(idx, None if inside is None else inside.to(dtype))]
-    lo = torch.floor(coords)
-    frac = coords - lo
-    lo = lo.to(torch.int64)
-    idx0, in0 = map_padded_index(lo, size, padding_mode)
-    if not bool((frac != 0).any()):
-        # integer sample positions: a pure gather, so unit-step scales are bit-identical crops
-        return [(idx0, None if in0 is None else in0.to(dtype))]
-    idx1, in1 = map_padded_index(lo + 1, size, padding_mode)
-    w1 = frac.to(dtype)
-    w0 = (1.0 - frac).to(dtype)
-    if in0 is not None:
-        w0 = w0 * in0.to(dtype)
-        w1 = w1 * in1.to(dtype)
-    return [(idx0, w0), (idx1, w1)]
+def _fold_coords(x: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
+    """Sample positions ``x`` (level pixels) moved to where the image itself gives the same (multi)linear value.
 
-
-def _sample_scale(
-    level_img: torch.Tensor, coords: list[torch.Tensor], padding_mode: str, value: float, interp: str, out: torch.Tensor
-) -> None:
-    """Separable (multi)linear sampling of ``level_img [C, *S]`` at the tensor-product grid ``coords``.
-
-    Writes ``[N, C, *o]`` into ``out``. Every pixel of every patch is read with one flat ``index_select`` per
-    interpolation corner (2**ndim corners at most, 1 for integer positions), over all centres at once, and the
-    weighted corners are accumulated straight into ``out``.
+    ``zeros``/``constant``: clamped to ``[-1, size]`` (further out there is only padding); ``border``: clamped to
+    the image; ``reflect``/``symmetric``: folded into the image. The padded image is periodic and mirrored about
+    pixel centres (``reflect``) or pixel edges (``symmetric``, flat within half a pixel of them), so linear
+    interpolation commutes with the fold. Whole-pixel positions stay whole.
     """
+    if padding_mode in ("zeros", "constant"):
+        return x.clamp(-1.0, float(size))
+    if padding_mode == "border" or size == 1:
+        return x.clamp(0.0, float(size - 1))
+    if padding_mode == "reflect":
+        period = 2.0 * (size - 1)
+        r = torch.remainder(x, period)
+        return torch.where(r > size - 1, period - r, r)
+    if padding_mode == "symmetric":
+        period = 2.0 * size
+        r = torch.remainder(x + 0.5, period)
+        return (torch.where(r > size, period - r, r) - 0.5).clamp(0.0, float(size - 1))
+    raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
+
+
+def _pow2_window(
+    level_img: torch.Tensor, coords: Sequence[torch.Tensor], dtype: torch.dtype
+) -> tuple[torch.Tensor, list[int]]:
+    """The box of ``level_img`` that the folded positions ``coords`` read, with power-of-two sides, in ``dtype``,
+    and its first pixel per axis.
+
+    ``grid_sample`` takes positions normalised by the input size: ``(2 x + 1) / W - 1``. For a power-of-two ``W``
+    that is a short binary fraction, so whole and half pixel positions survive float32 exactly (a crop is bit for
+    bit the image); for other sizes they come back off by an ulp and mix in a neighbour. The box is a view of the
+    level when it fits inside, else a zero-filled copy. It never starts before pixel 0 and never ends past the
+    image inside the level, so the ``zeros`` padding of ``grid_sample`` supplies pixel ``-1`` and ``size``.
+    """
+    c, *spatial = level_img.shape
+    starts, sides = [], []
+    for x, s in zip(coords, spatial):
+        lo = max(int(torch.floor(x.min())), 0)
+        hi = max(min(int(torch.floor(x.max())) + 1, s - 1), lo)
+        w = 1 << (hi - lo).bit_length()  # the smallest power of two >= hi - lo + 1
+        starts.append(min(lo, s - w) if w <= s else lo)
+        sides.append(w)
+    if all(w <= s for w, s in zip(sides, spatial)):
+        win = level_img[(slice(None), *[slice(b, b + w) for b, w in zip(starts, sides)])]
+        return win.to(dtype), starts
+    win = level_img.new_zeros((c, *sides), dtype=dtype)
+    src = [slice(b, min(b + w, s)) for b, w, s in zip(starts, sides, spatial)]
+    win[(slice(None), *[slice(0, t.stop - t.start) for t in src])] = level_img[(slice(None), *src)]
+    return win, starts
+
+
+def _grid_sample(
+    level_img: torch.Tensor, coords: Sequence[torch.Tensor], padding_mode: str, value: float, out: torch.Tensor
+) -> None:
+    """(Multi)linear samples of ``level_img [C, *S]`` at the tensor-product positions ``coords`` (per axis
+    ``[N, o_a]``, level pixels) into ``out [N, C, *o]``: batched ``F.grid_sample`` calls (``align_corners=False``,
+    pixel ``i`` centred at ``i`` as in ``patch_sample_coords``), in chunks of centres to bound the grid's memory.
+    ``padding_mode`` is applied by folding the positions (``_fold_coords``); ``constant`` adds ``value`` times the
+    part of each sample's weight that falls outside the image."""
     spatial = level_img.shape[1:]
     ndim = len(spatial)
     n = coords[0].shape[0]
     osize = [x.shape[1] for x in coords]
     dtype = out.dtype
-    taps = [_axis_taps(coords[a], spatial[a], padding_mode, interp, dtype) for a in range(ndim)]
-    pix_strides = [int(np.prod(spatial[a + 1 :])) for a in range(ndim)]
-    chans = [flat_c.reshape(-1) for flat_c in (level_img if level_img.dtype == dtype else level_img.to(dtype))]
-    need_fill = padding_mode == "constant" and value != 0
-    # int32 flat indices when they fit: half the index traffic, and index_select is faster with them
-    idx_dtype = torch.int32 if int(np.prod(spatial)) < 2**31 else torch.int64
-    taps = [[(i.to(idx_dtype), w) for i, w in axis] for axis in taps]
+    coords = [_fold_coords(x, s, padding_mode) for x, s in zip(coords, spatial)]
+    win, starts = _pow2_window(level_img, coords, dtype)
+    norm = [((2.0 * (x - b) + 1.0) / w - 1.0).to(dtype) for x, b, w in zip(coords, starts, win.shape[1:])]
+    fill = padding_mode == "constant" and value != 0
+    chunk = max(1, _GRID_CHUNK_SAMPLES // int(np.prod(osize)))
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        grid = torch.empty((m, *osize, ndim), dtype=dtype, device=out.device)
+        inside = None
+        for a in range(ndim):
+            shape = [m] + [1] * ndim
+            shape[1 + a] = osize[a]
+            grid[..., ndim - 1 - a] = norm[a][i : i + m].reshape(shape)  # grid_sample's last entry is the first axis
+            if fill:
+                x = coords[a][i : i + m]
+                wa = torch.minimum(x + 1.0, spatial[a] - x).clamp(0.0, 1.0).reshape(shape)
+                inside = wa if inside is None else inside * wa
+        # one call for the chunk: the window broadcast over its centres (a stride-0 batch, no copy)
+        res = F.grid_sample(win.expand(m, *win.shape), grid, "bilinear", "zeros", align_corners=False)
+        dst = out[i : i + m]
+        dst.copy_(res)  # out[:, d] is strided: grid_sample has no out=
+        if inside is not None:
+            dst.add_((value * (1.0 - inside)).to(dtype)[:, None])
 
-    def _bcast(t: torch.Tensor, a: int) -> torch.Tensor:
+
+def _gather_nearest(
+    level_img: torch.Tensor, coords: Sequence[torch.Tensor], padding_mode: str, value: float, out: torch.Tensor
+) -> None:
+    """Nearest samples into ``out [N, C, *o]``: the pixel ``floor(x + 0.5)`` (round half up), a gather, so labels of
+    any dtype stay exact (``grid_sample`` rounds half to even and takes only floating-point images)."""
+    c, *spatial = level_img.shape
+    ndim = len(spatial)
+    n = coords[0].shape[0]
+    osize = [x.shape[1] for x in coords]
+    lin, inside, stride = None, None, 1
+    for a in reversed(range(ndim)):
+        idx, ins = map_padded_index(torch.floor(coords[a] + 0.5).to(torch.int64), spatial[a], padding_mode)
         shape = [n] + [1] * ndim
         shape[1 + a] = osize[a]
-        return t.reshape(shape)
-
-    weight_sum: torch.Tensor | None = None
-    for k_corner, corner in enumerate(np.ndindex(*[len(t) for t in taps])):
-        lin = None
-        wgt = None
-        for a, k in enumerate(corner):
-            idx, w = taps[a][k]
-            term = _bcast(idx * pix_strides[a], a)
-            lin = term if lin is None else lin + term
-            if w is not None:
-                wb = _bcast(w, a)
-                wgt = wb if wgt is None else wgt * wb
-        assert lin is not None
-        lin = lin.expand(n, *osize).reshape(-1)
-        if wgt is not None and need_fill:
-            weight_sum = wgt if weight_sum is None else weight_sum + wgt
-        # one gather per channel (C is small): cheaper than building an index that includes channel offsets
-        for ci, src in enumerate(chans):
-            vals = src.index_select(0, lin).view(n, *osize)
-            dst = out[:, ci]
-            if k_corner == 0:
-                dst.copy_(vals) if wgt is None else torch.mul(vals, wgt, out=dst)
-            elif wgt is None:
-                dst.add_(vals)
-            else:
-                dst.addcmul_(vals, wgt)
-    if padding_mode == "constant" and value != 0 and weight_sum is not None:
-        # the part of each sample that fell outside the image takes the constant value
-        out.add_((value * (1.0 - weight_sum.to(torch.float64))).to(dtype)[:, None])
-
-
-def _sample_unit_step(
-    level_img: torch.Tensor,
-    first: torch.Tensor,
-    osize: Sequence[int],
-    padding_mode: str,
-    value: float,
-    out: torch.Tensor,
-) -> None:
-    """Fast path for a sampling step of exactly one level pixel on every axis (any scale equal to
-    ``output_size * 2**level``): positions are ``first[n] + j``, so each patch is a ``(o + 1)``-window shifted by a
-    constant sub-pixel fraction. One gather of the windows, then (multi)linear weights per centre on shifted
-    slices, accumulated straight into ``out`` — about one read per output pixel instead of ``2**ndim``. Integer
-    positions (fraction 0) are a pure gather: bit-identical crops.
-
-    Args:
-        first: ``[N, ndim]`` float64 position (in level pixels) of each patch's first sample.
-        out: ``[N, C, *o]`` destination.
-    """
-    c = level_img.shape[0]
-    spatial = level_img.shape[1:]
-    ndim = len(spatial)
-    n = first.shape[0]
-    dtype = out.dtype
-    lo = torch.floor(first)
-    frac = first - lo
-    lo = lo.to(torch.int64)
-    has_frac = [bool((frac[:, a] != 0).any()) for a in range(ndim)]
-    wsize = [o + 1 if f else o for o, f in zip(osize, has_frac)]
-    chans = [ch.reshape(-1) for ch in (level_img if level_img.dtype == dtype else level_img.to(dtype))]
-    idx_dtype = torch.int32 if int(np.prod(spatial)) < 2**31 else torch.int64
-    lin = None
-    masks = []
-    stride = 1
-    for a in reversed(range(ndim)):
-        idx = lo[:, a, None] + torch.arange(wsize[a], device=lo.device)[None]
-        idx, inside = map_padded_index(idx, spatial[a], padding_mode)
-        idx = idx.to(idx_dtype)
-        shape = [n] + [1] * ndim
-        shape[1 + a] = wsize[a]
-        term = (idx * stride).reshape(shape)
-        lin = term if lin is None else lin + term
-        if inside is not None and not bool(inside.all()):
-            masks.append(inside.reshape(shape))
+        lin = (idx * stride).reshape(shape) + (0 if lin is None else lin)
+        if ins is not None:
+            inside = ins.reshape(shape) if inside is None else inside & ins.reshape(shape)
         stride *= spatial[a]
     assert lin is not None
-    lin = lin.expand(n, *wsize).reshape(-1)
-    mask = None
-    for m in masks:
-        mask = m if mask is None else mask & m
-    fill = torch.as_tensor(value if padding_mode == "constant" else 0.0, dtype=dtype, device=lo.device)
-    corners = list(np.ndindex(*[2 if f else 1 for f in has_frac]))
-    weights = []
-    for corner in corners:
-        w = None
-        for a, k in enumerate(corner):
-            if has_frac[a]:
-                wa = frac[:, a] if k == 1 else 1.0 - frac[:, a]
-                w = wa if w is None else w * wa
-        weights.append(None if w is None else w.to(dtype).reshape(n, *([1] * ndim)))
-    # per channel (C is small): gather the windows, then accumulate the shifted, weighted slices into ``out``
-    for ci, src in enumerate(chans):
-        win = src.index_select(0, lin).view(n, *wsize)
-        if mask is not None:
-            win = torch.where(mask, win, fill)
-        dst = out[:, ci]
-        for k_corner, (corner, wb) in enumerate(zip(corners, weights)):
-            sl = (slice(None),) + tuple(slice(k, k + o) for k, o in zip(corner, osize))
-            if wb is None:
-                dst.copy_(win[sl])
-            elif k_corner == 0:
-                torch.mul(win[sl], wb, out=dst)
-            else:
-                dst.addcmul_(win[sl], wb)
+    vals = level_img.reshape(c, -1)[:, lin.expand(n, *osize)].to(out.dtype)
+    if inside is not None:
+        fill = torch.as_tensor(value if padding_mode == "constant" else 0, dtype=out.dtype, device=out.device)
+        vals = torch.where(inside, vals, fill)
+    out.copy_(vals.transpose(0, 1))
 
 
-def _chunk_size(c: int, osize: Sequence[int], element_size: int) -> int:
-    """Centres per chunk so that one chunk's intermediates (``[n, C, *(o + 1)]``) stay in cache."""
-    per_patch = c * int(np.prod([o + 1 for o in osize])) * element_size
-    return max(1, int(_CHUNK_BYTES // per_patch))
-
-
-def _sample_general(
+def _resample(
     level_img: torch.Tensor,
     centers: torch.Tensor,
     patch_size: Sequence[int],
@@ -346,260 +295,15 @@ def _sample_general(
     value: float,
     out: torch.Tensor,
 ) -> None:
-    """One scale ``[N, C, *o]`` of every centre by (multi)linear or nearest sampling: any step, any padding."""
-    n = centers.shape[0]
-    # centres in chunks whose intermediates stay in cache (a loop over chunks, never over single patches)
-    chunk = _chunk_size(level_img.shape[0], osize, out.element_size())
-    unit_step = mode == "bilinear" and all(s == o * 2**level for s, o in zip(patch_size, osize))
-    for i in range(0, n, chunk):
-        coords = patch_sample_coords(centers[i : i + chunk], patch_size, osize, level)
-        if unit_step:
-            first = torch.stack([x[:, 0] for x in coords], dim=1)
-            _sample_unit_step(level_img, first, osize, padding_mode, value, out[i : i + chunk])
-        else:
-            _sample_scale(level_img, coords, padding_mode, value, mode, out[i : i + chunk])
-
-
-def _integer_steps(patch_size: Sequence[int], osize: Sequence[int], level: int) -> tuple[int, ...] | None:
-    """The sampling step per axis in pixels of ``level`` when it is a whole number on every axis, else ``None``."""
-    f = 2**level
-    if any(s % (o * f) for s, o in zip(patch_size, osize)):
-        return None
-    return tuple(s // (o * f) for s, o in zip(patch_size, osize))
-
-
-class _IntegerStepPlan(NamedTuple):
-    """Where the patches of one whole-number-step scale read their level (see ``_sample_integer_step``)."""
-
-    steps: tuple[int, ...]  # sampling step per axis, in level pixels
-    lo: torch.Tensor  # [N, ndim] int64 level pixel of each patch's first (multi)linear corner
-    frac: torch.Tensor  # [N, ndim] float64 sub-pixel fraction, the same for every sample of a patch
-    taps: tuple[int, ...]  # 1 or 2 (multi)linear taps per axis
-    extent: tuple[int, ...]  # last pixel read, relative to ``lo``, per axis
-
-
-def _plan_integer_step(
-    first: torch.Tensor, steps: tuple[int, ...], osize: Sequence[int], mode: str
-) -> _IntegerStepPlan:
-    """Split each patch's first sample position ``first [N, ndim]`` into integer pixel and fraction."""
+    """One scale ``[N, C, *o]`` of every centre, any step, any padding (``bilinear``: ``F.grid_sample``)."""
+    coords = patch_sample_coords(centers, patch_size, osize, level)
     if mode == "nearest":
-        # round half up, as the general path does: floor(x + j * k + 0.5) == floor(x + 0.5) + j * k
-        lo = torch.floor(first + 0.5)
-        frac = torch.zeros_like(first)
+        level_img = level_img.contiguous()  # flattened by every chunk's gather
+        chunk = max(1, _GRID_CHUNK_SAMPLES // int(np.prod(osize)))
+        for i in range(0, centers.shape[0], chunk):
+            _gather_nearest(level_img, [x[i : i + chunk] for x in coords], padding_mode, value, out[i : i + chunk])
     else:
-        lo = torch.floor(first)
-        frac = first - lo
-    # a second (multi)linear tap only along axes where some patch has a sub-pixel fraction
-    taps = tuple(2 if bool((frac[:, a] != 0).any()) else 1 for a in range(first.shape[1]))
-    extent = tuple((o - 1) * k + t - 1 for o, k, t in zip(osize, steps, taps))
-    return _IntegerStepPlan(steps, lo.to(torch.int64), frac, taps, extent)
-
-
-def _pad_level(
-    level_img: torch.Tensor,
-    before: Sequence[int],
-    after: Sequence[int],
-    padding_mode: str,
-    value: float,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Contiguous ``level_img [C, *S]`` (as ``dtype``) padded by ``before``/``after`` pixels per axis, with the
-    values the general path reads outside the image (``map_padded_index``; ``zeros``/``constant``: 0/``value``)."""
-    spatial = level_img.shape[1:]
-    ndim = len(spatial)
-    padded = level_img.new_empty(
-        (level_img.shape[0], *[b + s + e for b, s, e in zip(before, spatial, after)]), dtype=dtype
-    )
-    centre = [slice(b, b + s) for b, s in zip(before, spatial)]
-    # the bulk is one contiguous copy; then the margins, axis by axis, from what is already in place: axes done
-    # before ``a`` are read over their padded extent (corners included), later axes over the image only
-    padded[(slice(None), *centre)].copy_(level_img)
-    for a in range(ndim):
-        b, s, e = before[a], spatial[a], after[a]
-        region = [slice(None)] * a + [slice(None)] + centre[a + 1 :]
-        for start, length, first in ((0, b, -b), (b + s, e, s)):
-            if length == 0:
-                continue
-            src_idx = torch.arange(first, first + length, device=level_img.device)
-            idx, inside = map_padded_index(src_idx, s, padding_mode)
-            dst_sl = list(region)
-            dst_sl[a] = slice(start, start + length)
-            dst = padded[(slice(None), *dst_sl)]
-            if inside is not None:
-                dst.fill_(value if padding_mode == "constant" else 0.0)
-            else:
-                dst.copy_(padded[(slice(None), *region)].index_select(1 + a, idx + b))
-    return padded
-
-
-def _prepare_level(
-    level_img: torch.Tensor,
-    plans: Sequence[_IntegerStepPlan],
-    osize: Sequence[int],
-    dtype: torch.dtype,
-    padding_mode: str,
-    value: float,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The contiguous level (in ``dtype``) that ``_sample_integer_step`` reads for ``plans``, and the offset
-    ``[ndim]`` of the image's pixel 0 in it; ``None`` when preparing it would cost more than it saves.
-
-    Padding it (by what its patches need, with ``padding_mode``) makes the patches near or over the border plain
-    strided reads too, but copies the whole level: it is done only when that copy is small next to the border
-    patches it serves (the general path costs several copies per output pixel). Likewise a level that must be
-    converted first (dtype, layout) is used only if the copy is small next to all the patches. The margin is
-    capped by the largest patch extent, so a centre far outside the image cannot blow up memory (such patches
-    take the general path).
-    """
-    c, *spatial = level_img.shape
-    ndim = len(spatial)
-    per_patch = c * int(np.prod(osize))
-    size = torch.tensor(spatial, device=level_img.device)
-    border_work = 0
-    before, after = [], []
-    for p in plans:
-        extent = torch.tensor(p.extent, device=level_img.device)
-        outside = ((p.lo < 0) | (p.lo + extent >= size)).any(dim=1)
-        border_work += int(outside.sum()) * per_patch
-    for a in range(ndim):
-        cap = max(p.extent[a] for p in plans) + 1
-        need_b = max(int(-p.lo[:, a].min()) for p in plans)
-        need_e = max(int((p.lo[:, a] + p.extent[a]).max()) - (spatial[a] - 1) for p in plans)
-        before.append(min(max(need_b, 0), cap))
-        after.append(min(max(need_e, 0), cap))
-    padded_numel = c * int(np.prod([b + s + e for b, s, e in zip(before, spatial, after)]))
-    if border_work > 0 and padded_numel <= _PREP_COPY_FACTOR * border_work:
-        offset = torch.tensor(before, device=size.device)
-        return _pad_level(level_img, before, after, padding_mode, value, dtype), offset
-    no_offset = torch.zeros(ndim, dtype=torch.int64, device=size.device)
-    if level_img.dtype == dtype and level_img.is_contiguous():
-        return level_img, no_offset
-    work = len(plans) * plans[0].lo.shape[0] * per_patch
-    if level_img.numel() <= _PREP_COPY_FACTOR * work:
-        return level_img.to(dtype).contiguous(), no_offset
-    return None
-
-
-def _blend_level(
-    level_img: torch.Tensor, corners: Sequence[tuple[int, ...]], weights: Sequence[float], taps: Sequence[int]
-) -> torch.Tensor:
-    """``level_img`` with pixel ``i`` replaced by the weighted sum of its (multi)linear ``corners``
-    (``i + corner``), accumulated in the same order and dtype as the per-patch blending: the same results.
-
-    The last ``taps - 1`` pixels per axis have no full set of corners and are left uninitialised: the fast path
-    reads only patches that lie inside the level, which never reach them.
-    """
-    c, *spatial = level_img.shape
-    valid = [s - (t - 1) for s, t in zip(spatial, taps)]
-    out = torch.empty_like(level_img)
-    wts = [torch.tensor(w, dtype=level_img.dtype, device=level_img.device) for w in weights]
-    # blocks of the first axis, so that the 2**ndim passes over a block run in cache
-    row_bytes = c * int(np.prod(spatial[1:])) * level_img.element_size()
-    block = max(1, int(_CHUNK_BYTES // row_bytes))
-    for r0 in range(0, valid[0], block):
-        r1 = min(r0 + block, valid[0])
-        dst = out[(slice(None), slice(r0, r1), *[slice(0, v) for v in valid[1:]])]
-        for k, (corner, wt) in enumerate(zip(corners, wts)):
-            rows = slice(r0 + corner[0], r1 + corner[0])
-            src = level_img[(slice(None), rows, *[slice(q, q + v) for q, v in zip(corner[1:], valid[1:])])]
-            if k == 0:
-                torch.mul(src, wt, out=dst)
-            else:
-                dst.addcmul_(src, wt)
-    return out
-
-
-def _sample_integer_step(
-    level_img: torch.Tensor,
-    plan: _IntegerStepPlan,
-    out: torch.Tensor,
-    blended: dict[tuple[float, ...], torch.Tensor],
-) -> torch.Tensor:
-    """Fast path for a whole-number sampling step ``k`` on every axis (e.g. power-of-two fields of view).
-
-    Then patch ``n`` samples ``lo[n] + frac[n] + j * k``: its integer part is a lattice that one strided view of
-    the level holds for every start pixel at once (``as_strided``: row ``p`` is the patch starting at flat pixel
-    ``p``), so the patches of one (multi)linear corner are one ``index_select`` of rows of that view — a
-    memory-bound copy, with no per-pixel index tensor and no scattered reads. The fraction is the same for every
-    sample of a patch, so each corner has one weight per patch. Integer positions (and ``nearest``) need one
-    corner: a plain, bit-identical crop.
-
-    Only patches that lie inside ``level_img`` are written (the caller pads the level when that pays off); the
-    others are left for the general path and returned (all of them, unwritten, when they are the majority).
-
-    Args:
-        level_img: contiguous ``[C, *S]`` in the dtype of ``out``; ``plan.lo`` is in its pixels.
-        plan: from ``_plan_integer_step``.
-        out: ``[N, C, *o]`` destination.
-        blended: cache of ``level_img`` blended for one sub-pixel fraction (see ``_blend_level``), keyed by the
-            fraction, shared by the scales that read this level.
-
-    Returns:
-        int64 indices of the patches left to the general path (not written).
-    """
-    c, *spatial = level_img.shape
-    ndim = len(spatial)
-    lo, frac, taps, steps = plan.lo, plan.frac, plan.taps, plan.steps
-    n = lo.shape[0]
-    osize = out.shape[2:]
-    dtype = out.dtype
-    extent = torch.tensor(plan.extent, device=lo.device)
-    size = torch.tensor(spatial, device=lo.device)
-    inside = ((lo >= 0) & (lo + extent < size)).all(dim=1)
-    border = (~inside).nonzero().squeeze(1)
-    n_inside = n - border.numel()
-    if 2 * n_inside < n:
-        # mostly border patches: one general pass over all is cheaper than both paths and the merge
-        return torch.arange(n, device=lo.device)
-    pix_strides = [int(np.prod(spatial[a + 1 :])) for a in range(ndim)]
-    numel = int(np.prod(spatial))
-    span = sum((o - 1) * k * st for o, k, st in zip(osize, steps, pix_strides))
-    # every start p in [0, numel - span) keeps a patch's samples inside its channel; channel c starts at c * numel
-    windows = level_img.as_strided(
-        (numel - span, c, *osize), (1, numel, *[k * st for k, st in zip(steps, pix_strides)])
-    )
-    # patches outside get any valid start (0): the caller overwrites them
-    lo = torch.where(inside[:, None], lo, torch.zeros_like(lo))
-    start = (lo * torch.tensor(pix_strides, device=lo.device)).sum(dim=1)
-    corners = list(np.ndindex(*taps))
-    if len(corners) == 1:
-        torch.index_select(windows, 0, start, out=out)
-        return border
-    # per-patch corner weights, multiplied in the same order and dtype as the general path's per-pixel weights
-    weights = []
-    for corner in corners:
-        w = None
-        for a, k in enumerate(corner):
-            if taps[a] == 2:
-                wa = (frac[:, a] if k == 1 else 1.0 - frac[:, a]).to(dtype)
-                w = wa if w is None else w * wa
-        assert w is not None
-        weights.append(w.reshape(n, *([1] * (ndim + 1))))
-    offsets = [sum(k * st for k, st in zip(corner, pix_strides)) for corner in corners]
-    if bool((frac == frac[:1]).all()):
-        # one fraction for every patch (e.g. integer centres with a step that is not one level pixel): blend the
-        # corners over the whole level once (shared by the scales with this fraction), then one gather per patch —
-        # worth it when the level has fewer pixels than the corner reads it saves
-        key = tuple(frac[0].tolist())
-        if key not in blended and int(np.prod(spatial)) <= (len(corners) - 1) * n_inside * int(np.prod(osize)):
-            blended[key] = _blend_level(level_img, corners, [float(w.reshape(-1)[0]) for w in weights], taps)
-        if key in blended:
-            pre = blended[key].as_strided(windows.shape, windows.stride())
-            torch.index_select(pre, 0, start, out=out)
-            return border
-    # chunks of centres so that the destination and the gathered corner stay in cache between the passes
-    chunk = _chunk_size(c, osize, out.element_size())
-    buf = torch.empty((min(chunk, n), c, *osize), dtype=dtype, device=out.device)
-    for i in range(0, n, chunk):
-        dst = out[i : i + chunk]
-        tmp = buf[: dst.shape[0]]
-        for k_corner, (off, w) in enumerate(zip(offsets, weights)):
-            if k_corner == 0:
-                torch.index_select(windows, 0, start[i : i + chunk] + off, out=dst)
-                dst.mul_(w[i : i + chunk])
-            else:
-                torch.index_select(windows, 0, start[i : i + chunk] + off, out=tmp)
-                dst.addcmul_(tmp, w[i : i + chunk])
-    return border
+        _grid_sample(level_img, coords, padding_mode, value, out)
 
 
 def multiscale_patches(
@@ -615,10 +319,10 @@ def multiscale_patches(
 ) -> torch.Tensor:
     """D concentric patches per centre, each of field of view ``patch_sizes[d]`` resampled to ``output_size``.
 
-    Vectorised over all N centres (one gather per interpolation corner and scale, no loop over patches), 2D and
-    3D, on the device of ``img``. Scales whose sampling step is a whole number of pixels on their level (e.g.
-    power-of-two fields of view) are read as strided crops of the (padded) level, a memory-bound copy; the others
-    are interpolated. Both give the same values.
+    Vectorised over all N centres (no loop over patches), 2D and 3D, on the device of ``img``. Each scale is one
+    batched ``F.grid_sample`` on its mip-map level, except scales whose sampling step is a whole number of pixels
+    on their level (e.g. power-of-two fields of view): those are read as strided crops of the (padded) level
+    (``strided.py``, measured faster). Both give the same values; whole-pixel positions bit for bit.
 
     Args:
         img: channel-first image ``[C, H, W]`` or ``[C, D, H, W]`` (numpy or torch, any device).
@@ -682,39 +386,17 @@ def multiscale_patches(
         if img_t.dtype != out_dtype:
             img_t = img_t.to(out_dtype)
         pyramid = build_pyramid(img_t, max(levels) + 1) if max(levels) > 0 else [img_t]
-    plans: dict[int, _IntegerStepPlan] = {}
-    if n * img_t.shape[0] * int(np.prod(osize)) >= _FAST_PATH_MIN_ELEMENTS:
-        for d, ps in enumerate(sizes):
-            lvl = min(levels[d], len(pyramid) - 1)
-            steps = _integer_steps(ps, osize, lvl)
-            if steps is not None:
-                first = torch.stack([x[:, 0] for x in patch_sample_coords(ctr, ps, osize, lvl)], dim=1)
-                plans[d] = _plan_integer_step(first, steps, osize, mode)
-    # each level read by the fast path is prepared once (padded, or used as it is) and shared by its scales
-    prepared: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
-    blended: dict[int, dict[tuple[float, ...], torch.Tensor]] = {}
-    for lvl in sorted({min(levels[d], len(pyramid) - 1) for d in plans}):
-        level_plans = [p for d, p in plans.items() if min(levels[d], len(pyramid) - 1) == lvl]
-        prepared[lvl] = _prepare_level(pyramid[lvl], level_plans, osize, out_dtype, padding_mode, float(value))
-        if prepared[lvl] is None:
-            for d in [d for d in plans if min(levels[d], len(pyramid) - 1) == lvl]:
-                del plans[d]
+    levels = [min(lvl, len(pyramid) - 1) for lvl in levels]
+    from .strided import sample_whole_steps  # the special path, built on this module's helpers
+
+    # whole-number steps: strided crops of the level; then F.grid_sample for the rest
+    left = sample_whole_steps(pyramid, levels, ctr, sizes, osize, mode, padding_mode, float(value), out)
     for d, ps in enumerate(sizes):
-        lvl = min(levels[d], len(pyramid) - 1)
-        if d not in plans:
-            _sample_general(pyramid[lvl], ctr, ps, osize, lvl, mode, padding_mode, float(value), out[:, d])
-            continue
-        lev_offset = prepared[lvl]
-        assert lev_offset is not None
-        lev, offset = lev_offset
-        plan = plans[d]
-        cache = blended.setdefault(lvl, {})
-        border = _sample_integer_step(lev, plan._replace(lo=plan.lo + offset), out[:, d], cache)
-        if border.numel() == n:
-            _sample_general(pyramid[lvl], ctr, ps, osize, lvl, mode, padding_mode, float(value), out[:, d])
-        elif border.numel() > 0:
-            # patches that reach outside the prepared level: the general path
-            part = torch.empty((border.numel(), *out.shape[2:]), dtype=out_dtype, device=device)
-            _sample_general(pyramid[lvl], ctr[border], ps, osize, lvl, mode, padding_mode, float(value), part)
-            out[:, d].index_copy_(0, border, part)
+        todo = left.get(d)
+        if todo is None or todo.numel() == n:
+            _resample(pyramid[levels[d]], ctr, ps, osize, levels[d], mode, padding_mode, float(value), out[:, d])
+        elif todo.numel() > 0:
+            part = torch.empty((todo.numel(), *out.shape[2:]), dtype=out_dtype, device=device)
+            _resample(pyramid[levels[d]], ctr[todo], ps, osize, levels[d], mode, padding_mode, float(value), part)
+            out[:, d].index_copy_(0, todo, part)
     return out

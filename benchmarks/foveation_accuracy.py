@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,16 +104,17 @@ def make_mri_data_3d() -> tuple[list[dict], list[dict], list[dict]]:
 
 
 #: option tokens of a method name ("soft+prior+lr10"): the recipe's config keys they set (see
-#: monai_fovea.apps.foveation_schedule); "{half}" = half the steps
+#: monai_fovea.apps.foveation_schedule); "{half}" / "{all}" = half / all the steps
 OPTIONS = {
     "chunks": {"location_chunks": 16},  # the authors' update: backbone per location, head once per image
     "lr10": {"head_lr_scale": 10.0},
     "warmup": {"warmup_mode": "random", "warmup_iterations": "{half}"},
     "warmavg": {"warmup_mode": "average", "warmup_iterations": "{half}"},
-    "ent+": {"entropy_weight": 0.05},
-    "ent-": {"entropy_weight": -0.05},
+    "entpos": {"entropy_weight": 0.05},
+    "entneg": {"entropy_weight": -0.05},
     "anneal": {"tau_start": 1.0, "tau_end": 0.1},
     "prior": {"prior_weight": 1.0, "prior_iterations": "{half}"},
+    "priorfull": {"prior_weight": 1.0, "prior_iterations": "{all}"},
 }
 
 
@@ -125,7 +127,7 @@ def parse_method(method: str, iterations: int) -> tuple[str, int, dict]:
         if tok not in OPTIONS:
             raise SystemExit(f"unknown option {tok!r} in method {method!r}; options: {sorted(OPTIONS)}")
         for k, v in OPTIONS[tok].items():
-            overrides[k] = iterations // 2 if v == "{half}" else v
+            overrides[k] = {"{half}": iterations // 2, "{all}": iterations}.get(v, v) if isinstance(v, str) else v
     return mode, fixed, overrides
 
 
@@ -181,8 +183,22 @@ def main() -> None:
     ap.add_argument("--val-interval", type=int, default=0,
                     help="validation every this many steps, on the validation split (curves); 0: none")
     ap.add_argument("--prior-margin", type=float, default=0.05)
+    ap.add_argument("--cache", default=None, metavar="DIR",
+                    help="keep the trained fixed-scale models here and reuse them (same dataset, seed, steps, lr)")
     ap.add_argument("--json", default=None, help="write all results to this file")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                    help="print the summary table of earlier runs' --json files (e.g. one per seed) and exit")
     args = ap.parse_args()
+    if args.summarize:
+        merged: dict = {}
+        for path in args.summarize:
+            with open(path) as f:
+                run = json.load(f)
+            for method, runs in run["results"].items():
+                merged.setdefault(method, []).extend(runs)
+        dataset = run["args"]["dataset"]
+        print_summary(merged, FOV_TRADEOFF_CLASSES if dataset == "synthetic" else MRI_CLASSES)
+        return
     torch.set_num_threads(1)
     val: list[dict] = []
     if args.dataset == "synthetic":
@@ -221,9 +237,20 @@ def main() -> None:
                     prior_items = add_scale_targets(train, [fixed_models[d] for d in range(n)],
                                                     margin=args.prior_margin)
                 items = prior_items
-            hist = train_foveation(model, items, val or None, num_classes=k, num_iterations=args.iterations,
-                                   balanced=True, lr=args.lr, seed=seed, progress=False,
-                                   val_interval=args.val_interval, overrides=overrides)
+            cached = None
+            if args.cache and mode == "fixed":  # fixed-scale models are reused by later runs (oracle, prior)
+                cached = Path(args.cache) / f"{args.dataset}_{method}_seed{seed}_{args.iterations}it_lr{args.lr}.pt"
+            if cached is not None and cached.exists():
+                saved = torch.load(cached, weights_only=False)
+                model.load_state_dict(saved["model"])
+                hist = saved["history"]
+            else:
+                hist = train_foveation(model, items, val or None, num_classes=k, num_iterations=args.iterations,
+                                       balanced=True, lr=args.lr, seed=seed, progress=False,
+                                       val_interval=args.val_interval, overrides=overrides)
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save({"model": model.state_dict(), "history": hist}, cached)
             res = evaluate_foveation(model, test, num_classes=k)
             res["curve"] = hist["val"]
             loss = np.asarray(hist["loss"])  # training loss, mean per 100 steps (convergence where no validation)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.networks.nets import BasicUNet
+from monai.networks.nets import BasicUNet, UNet
 
 from monai_fovea.apps.foveation import evaluate_foveation, train_foveation
 from monai_fovea.apps.foveation_oracle import add_scale_targets, oracle_evaluate
@@ -138,7 +138,8 @@ def build(method: str, seed: int, num_classes: int, spatial_dims: int = 2) -> Fo
         backbone = BasicUNet(2, 1, num_classes, features=(8, 8, 16, 32, 64, 8))
         sizes, out, stride = PATCH_SIZES, OUTPUT_SIZE, STRIDE
     else:
-        backbone = BasicUNet(3, 1, num_classes, features=(8, 8, 16, 32, 64, 8))
+        # BasicUNet's four poolings would leave 1 voxel of a 16^3 patch (instance norm needs more): MONAI's UNet
+        backbone = UNet(3, 1, num_classes, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1)
         sizes, out, stride = PATCH_SIZES_3D, OUTPUT_SIZE_3D, STRIDE_3D
     return FoveatedSegmenter(backbone, sizes, out, spatial_dims=spatial_dims, in_channels=1, mode=mode,
                              fixed_index=fixed, stride=stride)
@@ -188,6 +189,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write all results to this file")
     ap.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                     help="print the summary table of earlier runs' --json files (e.g. one per seed) and exit")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="with --summarize: training curves to this PNG")
     args = ap.parse_args()
     if args.summarize:
         merged: dict = {}
@@ -198,6 +200,8 @@ def main() -> None:
                 merged.setdefault(method, []).extend(runs)
         dataset = run["args"]["dataset"]
         print_summary(merged, FOV_TRADEOFF_CLASSES if dataset == "synthetic" else MRI_CLASSES)
+        if args.plot:
+            plot_curves(merged, args.plot, f"{dataset}, {run['args']['iterations']} steps")
         return
     torch.set_num_threads(1)
     val: list[dict] = []
@@ -279,6 +283,37 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "results": results}, f, indent=1)
     print_summary(results, classes)
+
+
+def plot_curves(results: dict, path: str, title: str) -> None:
+    """Validation mean IoU (where measured) and training loss per method against the step, mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method, runs in results.items():
+        if method == "oracle":
+            continue
+        curves = [r["curve"] for r in runs if r.get("curve")]
+        if curves:
+            n = min(len(c) for c in curves)
+            steps = [c[0] for c in curves[0][:n]]
+            axes[0].plot(steps, np.mean([[v for _, v in c[:n]] for c in curves], 0), marker="o", label=method)
+        losses = [r["loss_curve"] for r in runs if r.get("loss_curve")]
+        if losses:
+            n = min(len(c) for c in losses)
+            axes[1].plot(np.arange(n) * 100 + 50, np.mean([c[:n] for c in losses], 0), label=method)
+    axes[0].set(xlabel="step", ylabel="validation mean IoU", title=f"validation ({title})")
+    axes[1].set(xlabel="step", ylabel="training loss (mean of 100 steps)", title=f"training loss ({title})",
+                yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"curves: {path}")
 
 
 def print_summary(results: dict, classes) -> None:

@@ -122,7 +122,8 @@ def parse_method(method: str, iterations: int) -> tuple[str, int, dict]:
     """``"soft+prior+lr10"`` → (mode, fixed_index, config overrides)."""
     base, *tokens = method.split("+")
     mode, fixed = (base, 0) if not base.startswith("fixed") else ("fixed", int(base[5:]))
-    overrides: dict = {}
+    # the paper's plain joint training unless a token says otherwise (train.json's defaults are the winning options)
+    overrides: dict = {"head_lr_scale": 1.0, "prior_weight": 0.0}
     for tok in tokens:
         if tok not in OPTIONS:
             raise SystemExit(f"unknown option {tok!r} in method {method!r}; options: {sorted(OPTIONS)}")
@@ -197,7 +198,9 @@ def main() -> None:
             with open(path) as f:
                 run = json.load(f)
             for method, runs in run["results"].items():
-                merged.setdefault(method, []).extend(runs)
+                known = merged.setdefault(method, [])
+                # a run repeated in another file (e.g. a cached fixed-scale model) counts once
+                known.extend(r for r in runs if all(r.get("iou") != k.get("iou") for k in known))
         dataset = run["args"]["dataset"]
         print_summary(merged, FOV_TRADEOFF_CLASSES if dataset == "synthetic" else MRI_CLASSES)
         if args.plot:
@@ -233,7 +236,7 @@ def main() -> None:
             t0 = time.time()
             model = build(method, seed, k, dims)
             items = train
-            if "prior_weight" in overrides:
+            if overrides.get("prior_weight"):
                 n = model.num_scales
                 if len(fixed_models) < n:
                     raise SystemExit(f"{method} needs fixed0..fixed{n - 1} earlier in --methods (the prior's targets)")
@@ -263,6 +266,7 @@ def main() -> None:
                 res["apsm_by_class"] = apsm_by_class(model, test, classes)
                 res["context_fine_ratio"] = context_fine_ratio(res["apsm_by_class"], context, fine)
             res["seconds"] = time.time() - t0
+            res["seed"] = seed
             results.setdefault(method, []).append(res)
             if mode == "fixed":
                 fixed_models[fixed] = model

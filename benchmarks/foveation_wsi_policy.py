@@ -51,12 +51,12 @@ def evaluate(checkpoint: str, mode: str, fixed_index: int, out: Path) -> tuple[d
 def head_policy(network, slide: str) -> dict:
     """APSM percentiles over tissue cells of the whole slide and the mean APSM by class of the cell centre."""
     rgb, labels = _slide_and_labels(slide, "tifffile")
-    image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None] / 255.0
+    image = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None] / 255.0
     network.eval()
     apsm = network.average_patch_size(network.scale_weights(network.lowres(image)))[0]
     centers, grid = grid_centers(image.shape[2:], network.stride)
     idx = torch.minimum(centers, torch.tensor(labels.shape) - 1)
-    cls = torch.from_numpy(labels)[tuple(idx.t())].reshape(grid)
+    cls = torch.from_numpy(labels.copy())[tuple(idx.t())].reshape(grid)
     tissue = apsm[cls > 0].numpy()
     p10, p50, p90 = np.percentile(tissue, [10, 50, 90])
     sizes = network.scale_sizes
@@ -84,7 +84,7 @@ def figure(policy: dict, slide: str, path: str) -> None:
     axes[0].imshow(rgb[::4, ::4])
     axes[0].set_title("sample slide (held-out half below the line)")
     axes[1].imshow(pal[labels[::4, ::4]])
-    axes[1].set_title("rule labels: tissue, nuclei, epithelium")
+    axes[1].set_title("labels: tissue (pink), nuclei (purple),\nepithelium (yellow)", fontsize=10)
     lo, hi = policy["fov_range"]
     im = axes[2].imshow(policy["apsm_map"], vmin=lo, vmax=hi, cmap="viridis")
     axes[2].set_title("learned APSM (px of field of view)")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,7 @@ class FoveatedLoss(torch.nn.Module):
         self.loss = loss if loss is not None else torch.nn.CrossEntropyLoss(ignore_index=-100)
         self.entropy_weight = float(entropy_weight)
         self.prior_weight = float(prior_weight)
+        self._warned = False
 
     def forward(self, pred: Any, target: Any) -> torch.Tensor:
         logits, weights = (pred[0], pred[1]) if isinstance(pred, (tuple, list)) else (pred, None)
@@ -229,6 +231,12 @@ class FoveatedLoss(torch.nn.Module):
         log_f = torch.log(weights.clamp_min(1e-12))
         if self.entropy_weight:
             out = out + self.entropy_weight * (-(weights * log_f).sum(1)).mean()
+        if self.prior_weight and scale is None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                "FoveatedLoss: prior_weight > 0 but the batch has no scale targets, so the prior is off. Train the "
+                "fixed-scale models first and pass their checkpoints (train.json: --prior_checkpoints; from Python: "
+                "monai_fovea.apps.foveation_oracle.add_scale_targets), or set prior_weight 0.", stacklevel=2)
         if self.prior_weight and scale is not None:
             valid = scale >= 0
             if bool(valid.any()):

@@ -30,6 +30,7 @@ def _he_image() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_stain_rule_labels_glass_tissue_nuclei():
+    """A block too small for an epithelium region: glass, tissue and nuclei only."""
     img, expected = _he_image()
     labels = stain_rule_labels(img)
     assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
@@ -40,6 +41,29 @@ def test_stain_rule_labels_glass_tissue_nuclei():
     np.testing.assert_array_equal(labels[corner_free], expected[corner_free])
     with pytest.raises(ValueError, match="rgb"):
         stain_rule_labels(img[..., 0])
+
+
+def test_epithelium_is_a_region_of_dense_nuclei_that_needs_context():
+    """Eosin tissue with 4-px nuclei every 8 px on the left, every 48 px on the right: the left becomes epithelium.
+    Pink pixels far from any nucleus are identical on both sides; only their neighbourhood decides their class."""
+    img = np.empty((320, 640, 3), np.uint8)
+    img[:] = GLASS
+    img[20:300, 20:620] = EOSIN
+    for r in range(40, 280, 8):
+        for c in range(40, 300, 8):
+            img[r : r + 4, c : c + 4] = HAEM
+    for r in range(40, 280, 48):
+        for c in range(360, 600, 48):
+            img[r : r + 4, c : c + 4] = HAEM
+    labels = stain_rule_labels(img)
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    inner_left, inner_right = labels[60:260, 60:280], labels[60:260, 380:580]
+    assert set(np.unique(inner_left)) == {2, 3}  # nuclei keep their cell-scale label inside the region
+    assert set(np.unique(inner_right)) == {1, 2}
+    # the same pink pixel (between nuclei) is epithelium on the left, tissue on the right
+    assert labels[46, 46] == 3 and labels[46 + 48 * 2 + 4, 360 + 48 + 20] == 1
+    assert (img[46, 46] == img[46 + 48 * 2 + 4, 360 + 48 + 20]).all()
+    np.testing.assert_array_equal(stain_rule_labels(img, epithelium=False) == 2, labels == 2)
 
 
 def test_evaluation_iou_per_class_hand_computed():

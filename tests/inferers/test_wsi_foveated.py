@@ -180,7 +180,7 @@ def trained_net():
 
     from monai_fovea.apps.foveation_wsi import build_network
 
-    net = build_network(patch_sizes=[64, 128, 256], output_size=64, num_classes=3, features=[8, 8, 16, 32, 64, 8])
+    net = build_network(patch_sizes=[64, 128, 256], output_size=64, num_classes=4, features=[8, 8, 16, 32, 64, 8])
     path = Path(__file__).resolve().parents[2] / "bundles" / "foveation_wsi_segmentation" / "models" / "model.pt"
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()

@@ -182,3 +182,15 @@ def test_prior_teaches_the_head_a_location_dependent_choice():
     with torch.no_grad():
         w = net.scale_weights(net.lowres(torch.as_tensor(img)[None]))[0]
     assert float(w[0, :, :4].mean()) > 0.8 and float(w[2, :, 4:].mean()) > 0.8
+
+
+def test_prior_without_scale_targets_warns_and_trains_on_the_segmentation_loss():
+    """train.json's default recipe has the prior on; without fixed-scale checkpoints there are no targets: a warning
+    says how to get them, and the loss is the segmentation loss alone."""
+    net = _model()
+    with pytest.warns(UserWarning, match="prior is off"):
+        hist = train_foveation(net, _data(), num_classes=5, num_iterations=2, progress=False, seed=2)
+    ref = _model()
+    ref_hist = train_foveation(ref, _data(), num_classes=5, num_iterations=2, progress=False, seed=2,
+                               overrides={"prior_weight": 0.0})
+    assert hist["loss"] == ref_hist["loss"]

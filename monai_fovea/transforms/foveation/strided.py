@@ -5,8 +5,9 @@ sampling step is a whole number of pixels of its mip-map level (every power-of-t
 steps 1, 2, 4, ... without it), every sample of a patch has the same sub-pixel fraction, so the patches are strided
 crops of the level: one ``index_select`` of rows of an ``as_strided`` view per (multi)linear corner, a memory-bound
 copy. On CPU with one thread that is 1.5-4.7x faster than one batched ``F.grid_sample`` per scale on the same level
-(FoV 64/128/256/512 -> 64, 256 centres: 4.68x, 2.79x, 1.77x, 1.53x), which passes the project rule "keep a special
-path only where it is >= 1.5x faster than the library call". Everything else — other steps, ``nearest`` at any step,
+(FoV 64/128/256/512 -> 64, 256 centres: 4.76x, 2.54x, 2.06x, 1.66x in the run after the general path was replaced;
+FoV 512 measured 1.44-1.68x over three runs, borderline), which passes the project rule "keep a special path only
+where it is >= 1.5x faster than the library call". Everything else — other steps, ``nearest`` at any step,
 and the patches this path leaves — goes through ``F.grid_sample`` in
 :func:`monai_fovea.transforms.foveation.functional.multiscale_patches`; both give the same values (whole-pixel
 positions bit for bit).

@@ -7,7 +7,10 @@ Mean IoU is dataset-level (sum of intersections / sum of unions) over held-out i
 
 Methods are ``FoveatedSegmenter`` modes with the recipe's options appended as ``+token`` (:data:`OPTIONS`, e.g.
 ``soft+prior+lr10``); ``fixed0..fixed2`` come first: the **oracle** (per tile, the best of the separately trained
-fixed-scale models, chosen with the test labels) and the auxiliary prior's targets are computed from them.
+fixed-scale models, chosen with the test labels) and the auxiliary prior's targets are computed from them. The
+token ``out`` builds the network with ``fusion="output"`` (each scale segmented in its own geometry, the class
+probabilities mixed; ``FoveatedSegmenter``); ``fixed1+out`` etc. are then the fixed-scale models of that fusion,
+and the oracle and the prior of ``+out`` methods use those.
 
 Real-image variants: the MNI "ch2" T1 head (1 mm, from the ``mri_ch2`` sample) with AAL atlas labels grouped into
 4 classes: background, left hemisphere (odd AAL labels), right hemisphere (even AAL labels), deep grey nuclei
@@ -118,9 +121,11 @@ OPTIONS = {
 }
 
 
-def parse_method(method: str, iterations: int) -> tuple[str, int, dict]:
-    """``"soft+prior+lr10"`` → (mode, fixed_index, config overrides)."""
+def parse_method(method: str, iterations: int) -> tuple[str, int, dict, str]:
+    """``"soft+prior+lr10"`` → (mode, fixed_index, config overrides, fusion)."""
     base, *tokens = method.split("+")
+    fusion = "output" if "out" in tokens else "input"
+    tokens = [t for t in tokens if t != "out"]
     mode, fixed = (base, 0) if not base.startswith("fixed") else ("fixed", int(base[5:]))
     # the paper's plain joint training unless a token says otherwise (train.json's defaults are the winning options)
     overrides: dict = {"head_lr_scale": 1.0, "prior_weight": 0.0}
@@ -129,11 +134,11 @@ def parse_method(method: str, iterations: int) -> tuple[str, int, dict]:
             raise SystemExit(f"unknown option {tok!r} in method {method!r}; options: {sorted(OPTIONS)}")
         for k, v in OPTIONS[tok].items():
             overrides[k] = {"{half}": iterations // 2, "{all}": iterations}.get(v, v) if isinstance(v, str) else v
-    return mode, fixed, overrides
+    return mode, fixed, overrides, fusion
 
 
 def build(method: str, seed: int, num_classes: int, spatial_dims: int = 2) -> FoveatedSegmenter:
-    mode, fixed, _ = parse_method(method, 1)
+    mode, fixed, _, fusion = parse_method(method, 1)
     torch.manual_seed(seed)  # identical backbone and head initialisation for every method
     if spatial_dims == 2:
         backbone = BasicUNet(2, 1, num_classes, features=(8, 8, 16, 32, 64, 8))
@@ -143,7 +148,7 @@ def build(method: str, seed: int, num_classes: int, spatial_dims: int = 2) -> Fo
         backbone = UNet(3, 1, num_classes, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1)
         sizes, out, stride = PATCH_SIZES_3D, OUTPUT_SIZE_3D, STRIDE_3D
     return FoveatedSegmenter(backbone, sizes, out, spatial_dims=spatial_dims, in_channels=1, mode=mode,
-                             fixed_index=fixed, stride=stride)
+                             fixed_index=fixed, stride=stride, fusion=fusion)
 
 
 @torch.no_grad()
@@ -229,24 +234,28 @@ def main() -> None:
     k = len(classes)
     results: dict = {}
     for seed in args.seeds:
-        fixed_models: dict[int, FoveatedSegmenter] = {}
-        prior_items = None
+        fixed_models: dict[tuple[str, int], FoveatedSegmenter] = {}  # (fusion, scale index)
+        prior_items: dict[str, list[dict]] = {}
         for method in args.methods.split(","):
-            mode, fixed, overrides = parse_method(method, args.iterations)
+            mode, fixed, overrides, fusion = parse_method(method, args.iterations)
             t0 = time.time()
             model = build(method, seed, k, dims)
             items = train
             if overrides.get("prior_weight"):
                 n = model.num_scales
-                if len(fixed_models) < n:
-                    raise SystemExit(f"{method} needs fixed0..fixed{n - 1} earlier in --methods (the prior's targets)")
-                if prior_items is None:
-                    prior_items = add_scale_targets(train, [fixed_models[d] for d in range(n)],
-                                                    margin=args.prior_margin)
-                items = prior_items
+                if any((fusion, d) not in fixed_models for d in range(n)):
+                    suffix = "+out" if fusion == "output" else ""
+                    raise SystemExit(f"{method} needs fixed0{suffix}..fixed{n - 1}{suffix} earlier in --methods "
+                                     "(the prior's targets)")
+                if fusion not in prior_items:
+                    prior_items[fusion] = add_scale_targets(train, [fixed_models[fusion, d] for d in range(n)],
+                                                            margin=args.prior_margin)
+                items = prior_items[fusion]
             cached = None
             if args.cache and mode == "fixed":  # fixed-scale models are reused by later runs (oracle, prior)
-                cached = Path(args.cache) / f"{args.dataset}_{method}_seed{seed}_{args.iterations}it_lr{args.lr}.pt"
+                # fixed0+out is fixed0 (the smallest FoV's region is the whole prediction): one cache entry
+                key = method if (fusion, fixed) != ("output", 0) else "fixed0"
+                cached = Path(args.cache) / f"{args.dataset}_{key}_seed{seed}_{args.iterations}it_lr{args.lr}.pt"
             if cached is not None and cached.exists():
                 saved = torch.load(cached, weights_only=False)
                 model.load_state_dict(saved["model"])
@@ -269,7 +278,10 @@ def main() -> None:
             res["seed"] = seed
             results.setdefault(method, []).append(res)
             if mode == "fixed":
-                fixed_models[fixed] = model
+                fixed_models[fusion, fixed] = model
+                if fixed == 0:  # the smallest FoV's model is the same in both fusions
+                    fixed_models.setdefault(("output", 0), model)
+                    fixed_models.setdefault(("input", 0), model)
             iou = " ".join(f"{v:.3f}" for v in res["iou"])
             print(f"{method:18s} seed {seed}: mean IoU {res['mean_iou']:.3f}  per class [{iou}]  "
                   f"({res['seconds']:.0f} s)", flush=True)
@@ -277,10 +289,12 @@ def main() -> None:
                 apsm = {c: round(v, 1) for c, v in res["apsm_by_class"].items()}
                 print(f"{'':18s} APSM by class (px): {apsm}, context/fine {res['context_fine_ratio']:.2f}", flush=True)
         n = len(sizes[0])
-        if all(d in fixed_models for d in range(n)):
-            orc = oracle_evaluate([fixed_models[d] for d in range(n)], test, num_classes=k)
-            results.setdefault("oracle", []).append(orc)
-            print(f"{'oracle':18s} seed {seed}: mean IoU {orc['mean_iou']:.3f}  per class "
+        for fusion, name in (("input", "oracle"), ("output", "oracle+out")):
+            if not all((fusion, d) in fixed_models for d in range(n)):
+                continue
+            orc = oracle_evaluate([fixed_models[fusion, d] for d in range(n)], test, num_classes=k)
+            results.setdefault(name, []).append(orc)
+            print(f"{name:18s} seed {seed}: mean IoU {orc['mean_iou']:.3f}  per class "
                   f"[{' '.join(f'{v:.3f}' for v in orc['iou'])}]  tiles per scale "
                   f"{[round(c, 2) for c in orc['chosen']]}", flush=True)
         if args.json:  # after every seed: a long run killed later keeps what it measured
@@ -321,7 +335,7 @@ def plot_curves(results: dict, path: str, title: str) -> None:
 
 
 def print_summary(results: dict, classes) -> None:
-    oracle = np.array([r["mean_iou"] for r in results.get("oracle", [])])
+    oracles = {name: np.array([r["mean_iou"] for r in results.get(name, [])]) for name in ("oracle", "oracle+out")}
     best_fixed = None
     fixed = {m: np.array([r["mean_iou"] for r in runs]) for m, runs in results.items() if m.startswith("fixed")}
     if fixed:
@@ -333,7 +347,8 @@ def print_summary(results: dict, classes) -> None:
         per = np.nanmean(np.array([r["iou"] for r in runs], dtype=float), axis=0)
         seeds = " ".join(f"{v:.3f}" for v in m)
         vs = f"{(m - fixed[best_fixed][:len(m)]).mean():+.3f}" if best_fixed and len(fixed[best_fixed]) >= len(m) else ""
-        gap = f"{(m - oracle[:len(m)]).mean():+.3f}" if len(oracle) >= len(m) and method != "oracle" else ""
+        oracle = oracles["oracle+out" if "+out" in method else "oracle"]  # the oracle of the same fusion
+        gap = f"{(m - oracle[:len(m)]).mean():+.3f}" if len(oracle) >= len(m) and "oracle" not in method else ""
         ratio = [r["context_fine_ratio"] for r in runs if "context_fine_ratio" in r]
         rs = " ".join(f"{v:.2f}" for v in ratio)
         print(f"{method:18s}  {m.mean():.3f} ± {m.std():.3f}       {seeds:20s}  {vs:>13s}  {gap:>13s}  {rs:>17s}  "

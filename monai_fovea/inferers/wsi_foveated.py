@@ -378,11 +378,8 @@ class WSIFoveatedInferer:
     ) -> np.ndarray:
         """uint8 label (or probability) tiles ``[N, ty, tx]`` of the cells of a batch."""
         x = self._normalise(patches)
-        if len(active) == net.num_scales:
-            logits = net.forward_patches(x, weights)
-        else:  # the weighted sum over the used scales only: the others add exact zeros
-            w = weights[:, active].to(x.dtype).reshape(*x.shape[:2], *([1] * (x.ndim - 2)))
-            logits = net.backbone((x * w).sum(1))
+        # the used scales only: the others have zero weight (they add exact zeros)
+        logits = net.forward_patches(x, weights[:, active], scales=active)
         logits = logits.to(out_device)
         s0 = tuple(net.patch_sizes[0])
         if tuple(logits.shape[2:]) != s0:  # prediction at output_size pixels covers s0 model pixels

@@ -15,9 +15,10 @@ from monai_fovea.transforms.foveation.functional import as_size_tuple, build_pyr
 
 from .foveation_head import FoveationHead
 
-__all__ = ["FoveatedSegmenter", "FOVEATION_MODES"]
+__all__ = ["FoveatedSegmenter", "FOVEATION_MODES", "FUSIONS"]
 
 FOVEATION_MODES = ("soft", "hard", "gumbel", "fixed", "random", "average")
+FUSIONS = ("input", "output")
 
 
 class FoveatedSegmenter(nn.Module):
@@ -36,6 +37,17 @@ class FoveatedSegmenter(nn.Module):
             code draws one random scale for the whole run — a bug; this is the baseline the paper describes.)
         ``average``: ``1 / D`` for every scale.
 
+    Fusions (where the weights act):
+        ``input`` (the paper's eq. 1): the backbone segments the blend ``sum_d f_d p_d`` and predicts the smallest
+            field of view's region from it: for a wide scale it must learn to zoom into the centre of its input,
+            which a small backbone learns only coarsely (its skip connections carry detail from the wrong place).
+        ``output`` (an extension): the backbone segments every scale's patch in that patch's own geometry; the
+            central region of each prediction (the smallest FoV, ``output_size * s_0 / s_d`` pixels) is upsampled
+            (bilinear) to ``output_size`` and the class probabilities are mixed, ``log sum_d f_d softmax(z_d)``
+            (returned as logits: their softmax is the mixture). A mixture of fixed-FoV experts whose weights the
+            head learns per location: the loss rewards weight on the scale that predicts the location best. D
+            backbone passes per location instead of one (scales with zero weight everywhere are skipped).
+
     Args:
         backbone: any segmentation ``nn.Module`` mapping ``[N, in_channels, *output_size]`` to
             ``[N, num_classes, *output_size]``; ``None`` builds a MONAI ``BasicUNet`` (needs ``num_classes``).
@@ -53,6 +65,7 @@ class FoveatedSegmenter(nn.Module):
         head_channels: hidden widths of the head (default ``(8 D, 8 D)``).
         tau: Gumbel-softmax temperature (the authors use 1).
         padding_mode, antialias: patch extraction options (see ``multiscale_patches``).
+        fusion: ``"input"`` or ``"output"`` (see Fusions).
 
     Example:
         >>> net = FoveatedSegmenter(None, patch_sizes=[32, 64, 128], output_size=32, spatial_dims=2,
@@ -77,6 +90,7 @@ class FoveatedSegmenter(nn.Module):
         tau: float = 1.0,
         padding_mode: str = "zeros",
         antialias: bool = True,
+        fusion: str = "input",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -94,6 +108,9 @@ class FoveatedSegmenter(nn.Module):
         self.tau = tau
         self.padding_mode = padding_mode
         self.antialias = antialias
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
+        self.fusion = fusion
         if backbone is None:
             if num_classes is None:
                 raise ValueError("num_classes is needed to build the default BasicUNet backbone (backbone=None).")
@@ -199,21 +216,49 @@ class FoveatedSegmenter(nn.Module):
         )
         return out[:, 0, 0]
 
-    def forward_patches(self, patches: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Backbone logits ``[N, classes, *output_size]`` of the foveated input ``sum_d weights[:, d] * patches[:, d]``.
+    def forward_patches(
+        self, patches: torch.Tensor, weights: torch.Tensor, scales: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Backbone logits ``[N, classes, *output_size]`` of the patches fused with ``weights`` (see Fusions; for
+        ``fusion="input"`` the foveated input ``sum_d weights[:, d] * patches[:, d]``).
 
         Args:
-            patches: ``[N, D, C, *output_size]`` (from ``extract_patches`` or a WSI reader).
-            weights: ``[N, D]`` scale weights (from ``weights_at``).
+            patches: ``[N, D', C, *output_size]`` (from ``extract_patches`` or a WSI reader).
+            weights: ``[N, D']`` scale weights (from ``weights_at``).
+            scales: the scale index of each of the D' patches (default all D scales); the scales left out must
+                have zero weight (e.g. a WSI batch that reads only the scales it uses).
         """
-        if patches.ndim != self.spatial_dims + 3 or patches.shape[1] != self.num_scales:
-            raise ValueError(
-                f"patches must be [N, {self.num_scales}, C, *output_size], got {tuple(patches.shape)}."
-            )
+        scales = list(range(self.num_scales)) if scales is None else [int(d) for d in scales]
+        if patches.ndim != self.spatial_dims + 3 or patches.shape[1] != len(scales):
+            raise ValueError(f"patches must be [N, {len(scales)}, C, *output_size], got {tuple(patches.shape)}.")
         if weights.shape != patches.shape[:2]:
             raise ValueError(f"weights must be [N, D] = {tuple(patches.shape[:2])}, got {tuple(weights.shape)}.")
-        w = weights.to(patches.dtype).reshape(*weights.shape, *([1] * (patches.ndim - 2)))
-        return self.backbone((patches * w).sum(1))
+        w = weights.to(patches.dtype)
+        if self.fusion == "input":
+            return self.backbone((patches * w.reshape(*w.shape, *([1] * (patches.ndim - 2)))).sum(1))
+        if len(scales) == 1:  # one scale: its prediction (the mixture of one expert)
+            return self.central_logits(self.backbone(patches[:, 0]), scales[0])
+        mix = 0.0
+        for j, d in enumerate(scales):
+            probs = torch.softmax(self.central_logits(self.backbone(patches[:, j]), d).float(), dim=1)
+            mix = mix + w[:, j].float().reshape(-1, *([1] * (probs.ndim - 1))) * probs
+        # log of the mixture: its softmax is the mixture (weights sum to 1); the clamp keeps log finite
+        return torch.log(mix.clamp_min(1e-12)).to(patches.dtype)
+
+    def central_logits(self, logits: torch.Tensor, scale: int) -> torch.Tensor:
+        """The smallest field of view's region of a prediction ``[N, classes, *output_size]`` made in scale
+        ``scale``'s geometry, upsampled (bilinear) to ``output_size``: what a fixed-FoV network predicts for the
+        region when it segments the whole wide patch (``fusion="output"``)."""
+        if scale == 0 or self.patch_sizes[scale] == self.patch_sizes[0]:
+            return logits
+        # the region in output pixels, as a crop box of the resampled wide patch (concentric; may be fractional)
+        size = [o * s0 / sd for o, s0, sd in zip(self.output_size, self.patch_sizes[0], self.patch_sizes[scale])]
+        theta = torch.zeros(logits.shape[0], self.spatial_dims, self.spatial_dims + 1, device=logits.device,
+                            dtype=logits.dtype)
+        for a in range(self.spatial_dims):  # grid_sample's affine is in (x, y[, z]) order: last axis first
+            theta[:, a, a] = size[self.spatial_dims - 1 - a] / self.output_size[self.spatial_dims - 1 - a]
+        grid = F.affine_grid(theta, [logits.shape[0], 1, *self.output_size], align_corners=False)
+        return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def forward(self, image: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training/inference forward on one image.
@@ -237,5 +282,6 @@ class FoveatedSegmenter(nn.Module):
                 img[0], centers, self.patch_sizes[self.fixed_index : self.fixed_index + 1], self.output_size,
                 self.padding_mode, antialias=self.antialias,
             )
-            return self.backbone(patch[:, 0]), weights
+            return self.forward_patches(patch, weights[:, self.fixed_index : self.fixed_index + 1],
+                                        scales=[self.fixed_index]), weights
         return self.forward_patches(self.extract_patches(img[0], centers), weights), weights

@@ -124,6 +124,78 @@ def test_apsm_and_target_patches_and_default_backbone():
     assert logits.shape == (1, 2, 32, 32)
 
 
+class _Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_output_fusion_crops_the_central_region_and_upsamples_bilinearly():
+    """A linear ramp is reproduced exactly by bilinear interpolation: output pixel j of the 8-px region of a 32-px
+    patch resampled to 8 px (the central 2 px, [3, 5)) sits at input coordinate 3 + (j + 0.5) / 4 - 0.5."""
+    net = FoveatedSegmenter(_Identity(), patch_sizes=[8, 16, 32], output_size=8, in_channels=2, fusion="output")
+    ramp = torch.stack([torch.arange(8.0).repeat(8, 1), torch.arange(8.0)[:, None].repeat(1, 8)])[None]
+    expected = 3 + (torch.arange(8.0) + 0.5) / 4 - 0.5
+    out = net.central_logits(ramp, 2)
+    torch.testing.assert_close(out[0, 0], expected.repeat(8, 1))  # columns
+    torch.testing.assert_close(out[0, 1], expected[:, None].repeat(1, 8))  # rows
+    # the middle scale: the central 4 px of 8, each output pixel half an input pixel
+    torch.testing.assert_close(net.central_logits(ramp, 1)[0, 0, 0], 2 + (torch.arange(8.0) + 0.5) / 2 - 0.5)
+    assert torch.equal(net.central_logits(ramp, 0), ramp)
+    # 3D, anisotropic FoV (16, 32, 8) around an 8^3 region: the axes keep their order (2x, 4x, 1x zoom)
+    net3 = FoveatedSegmenter(_Identity(), patch_sizes=[8, (16, 32, 8)], output_size=8, spatial_dims=3,
+                             in_channels=3, fusion="output")
+    j = torch.arange(8.0)
+    grid = torch.stack(torch.meshgrid(j, j, j, indexing="ij"))[None]
+    out3 = net3.central_logits(grid, 1)[0]
+    torch.testing.assert_close(out3[0, :, 0, 0], 2 + (j + 0.5) / 2 - 0.5)
+    torch.testing.assert_close(out3[1, 0, :, 0], 3 + (j + 0.5) / 4 - 0.5)
+    torch.testing.assert_close(out3[2, 0, 0, :], j)
+
+
+def test_output_fusion_mixes_the_class_probabilities_of_the_scales():
+    net = _net("soft", fusion="output").eval()
+    img = torch.randn(2, 40, 40)
+    centers = torch.tensor([[10, 10], [30, 22]])
+    logits, w = net(img, centers)
+    patches = multiscale_patches(img, centers, [8, 16, 32], 8)
+    experts = [torch.softmax(net.central_logits(net.backbone(patches[:, d]), d), 1) for d in range(3)]
+    mixture = sum(w[:, d, None, None, None] * experts[d] for d in range(3))
+    torch.testing.assert_close(torch.softmax(logits, 1), mixture)
+    torch.testing.assert_close(logits.exp().sum(1), torch.ones(2, 8, 8))  # log-probabilities
+    # fixed: that scale's expert alone (the one-scale path's logits and the generic mixture's log-probabilities)
+    fixed = _net("fixed", fusion="output", fixed_index=2).eval()
+    fixed.load_state_dict(net.state_dict())
+    flogits, fw = fixed(img, centers)
+    torch.testing.assert_close(flogits, net.central_logits(net.backbone(patches[:, 2]), 2))
+    torch.testing.assert_close(torch.softmax(fixed.forward_patches(patches, fw), 1), experts[2])
+
+
+def test_output_fusion_gradient_moves_the_head_to_the_scale_that_predicts_the_location():
+    """Class 0 everywhere; a backbone that is right (class 0) on the widest patch only: every head step raises the
+    widest scale's weight (d loss / d f_d = -p_d(y) / sum_e f_e p_e(y), largest for the expert that is right)."""
+
+    class ScaleTeller(nn.Module):  # logits (+5, 0) if the patch has the widest scale's marker value, else (0, +5)
+        def forward(self, x):
+            wide = (x[:, :1] > 1.5).float()
+            return torch.cat([5 * wide, 5 * (1 - wide)], 1)
+
+    net = FoveatedSegmenter(ScaleTeller(), patch_sizes=[8, 16, 32], output_size=8, in_channels=1, fusion="output")
+    opt = torch.optim.SGD(net.head.parameters(), lr=0.5)
+    img = torch.zeros(1, 32, 32)
+    centers = torch.tensor([[16, 16]])
+    patches = torch.zeros(1, 3, 1, 8, 8)
+    patches[:, 2] = 2.0  # the widest scale's patch carries the marker
+    before = net.weights_at(net.head(net.lowres(img[None])), centers)[0, 2].item()
+    for _ in range(5):
+        w = net.weights_at(net.scale_weights(net.lowres(img[None])), centers)
+        loss = nn.functional.cross_entropy(net.forward_patches(patches, w), torch.zeros(1, 8, 8, dtype=torch.long))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = net.weights_at(net.head(net.lowres(img[None])), centers)[0, 2].item()
+    assert after > before + 0.2
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
         _net("best")
@@ -133,3 +205,5 @@ def test_bad_arguments():
         FoveatedSegmenter(None, [8], 8)
     with pytest.raises(ValueError, match="weights"):
         _net().forward_patches(torch.zeros(2, 3, 2, 8, 8), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="fusion"):
+        _net(fusion="late")

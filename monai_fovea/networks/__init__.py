@@ -4,9 +4,9 @@ __all__: list[str] = []
 
 # --- foveation (one import line per network file) ---
 from .foveation_head import FoveationHead  # noqa: E402
-from .foveated_segmenter import FOVEATION_MODES, FoveatedSegmenter  # noqa: E402
+from .foveated_segmenter import FOVEATION_MODES, FUSIONS, FoveatedSegmenter  # noqa: E402
 
-__all__ += ["FoveationHead", "FoveatedSegmenter", "FOVEATION_MODES"]
+__all__ += ["FoveationHead", "FoveatedSegmenter", "FOVEATION_MODES", "FUSIONS"]
 
 # --- segment-then-segment (MONAI's own networks, held as one module for MONAI's engines) ---
 from .coarse_fine import CoarseFineNet  # noqa: E402

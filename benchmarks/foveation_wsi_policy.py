@@ -35,13 +35,14 @@ from monai_fovea.transforms.foveation.array import grid_centers
 CONFIGS = Path(bundle_root("foveation_wsi_segmentation")) / "configs"
 
 
-def evaluate(checkpoint: str, mode: str, fixed_index: int, out: Path) -> tuple[dict, torch.nn.Module]:
+def evaluate(checkpoint: str, mode: str, fixed_index: int, out: Path, fusion: str | None = None
+             ) -> tuple[dict, torch.nn.Module]:
     """The bundle's evaluate.json on the held-out half with these weights: its metrics.json and the network."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
     parser.read_meta(str(CONFIGS / "metadata.json"))
     parser.update({"checkpoint": checkpoint, "mode": mode, "fixed_index": fixed_index, "output_dir": str(out),
-                   "device": "cpu"})
+                   "device": "cpu", **({"fusion": fusion} if fusion else {})})
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("validate#evaluator").run()
     return json.loads((out / "metrics.json").read_text()), parser.get_parsed_content("network")
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="name=checkpoint[:mode[:fixed_index]]")
     ap.add_argument("--figure", default=None, help="PNG of slide, labels and the APSM of the first soft model")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--fusion", choices=("input", "output"), default=None,
+                    help="the networks' fusion (default: train.json's); the fixed models of the oracle use it too")
     args = ap.parse_args()
     slide = str(samples.fetch("cmu_slide")["image"])
     results, fixed = {}, {}
@@ -113,7 +116,7 @@ def main() -> None:
         ckpt, mode, index = parts[0], parts[1] if len(parts) > 1 else "soft", parts[2] if len(parts) > 2 else "0"
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
-            metrics, network = evaluate(ckpt, mode, int(index), Path(tmp))
+            metrics, network = evaluate(ckpt, mode, int(index), Path(tmp), args.fusion)
         res = {"iou": metrics["iou"], "mean_iou": metrics["mean_iou"], "mode": mode, "checkpoint": ckpt}
         if mode == "fixed":
             fixed[int(index)] = network

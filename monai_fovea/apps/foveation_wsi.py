@@ -3,7 +3,7 @@
 There is no labelled whole-slide image offline, so the bundle's task is defined on the one real slide we have,
 the ``cmu_slide`` sample (H&E skin, 2220 × 2967 px at 0.499 µm/px), with labels made by a documented,
 deterministic stain rule (:func:`stain_rule_labels`): 0 = glass/background, 1 = tissue (eosin-dominated),
-2 = haematoxylin-dense nuclei. The slide is split by rows: the top half (rows 0–1482) is for training -- ``train.json`` fits on rows 0–1226
+2 = haematoxylin-dense nuclei outside epithelium, 3 = epithelium (a tissue-scale region of dense nuclei). The slide is split by rows: the top half (rows 0–1482) is for training -- ``train.json`` fits on rows 0–1226
 and validates (chooses the best epoch) on the last :data:`VALIDATION_ROWS` rows of it, 1227–1482 --, the bottom
 half (rows 1483–2966) is held out for evaluation, which runs the full streaming WSI path
 (:class:`monai_fovea.inferers.WSIFoveatedInferer`) on the slide and scores the held-out rows only
@@ -74,9 +74,14 @@ def stain_rule_labels(rgb: np.ndarray, epithelium: bool = True) -> np.ndarray:
     3. epithelium (a **tissue-scale** region, with ``epithelium``): where the haematoxylin density averaged over
        the tissue around a pixel (Gaussian, sigma :data:`EPITHELIUM_SIGMA` = 24 px = 12 µm, weighted by the tissue
        mask so glass does not dilute it, and at least 20 % tissue around) is above its Otsu threshold inside the
-       tissue (every 7th pixel); components under :data:`EPITHELIUM_MIN_AREA` px dropped, holes filled. A
-       pixel's epithelium label depends on its neighbourhood, not on its own colour: the class needs context;
-    4. label 2 where nuclei, else 3 where epithelium tissue, else 1 where tissue, else 0.
+       tissue (every 7th pixel); components under :data:`EPITHELIUM_MIN_AREA` px dropped, enclosed holes under
+       that area filled (a lumen or cavity as large as a region stays out). A pixel's epithelium label depends
+       on its neighbourhood, not on its own colour: the class needs context;
+    4. label 3 in the epithelium region -- one filled area, its nuclei and the small gaps between its cells
+       included, as a pathologist outlines an epidermis band --, else 2 where nuclei, else 1 where tissue, else 0.
+       A dark nucleus is epithelium or nuclei by where it lies: inside the region the class is decided at tissue
+       scale (a wide field of view suffices, and the region's inside has no cell-scale detail), outside it at
+       cell scale (full resolution).
 
     Returns:
         uint8 ``[H, W]`` with values in {0, 1, 2, 3} ({0, 1, 2} without ``epithelium``).
@@ -95,15 +100,21 @@ def stain_rule_labels(rgb: np.ndarray, epithelium: bool = True) -> np.ndarray:
     labels = tissue.astype(np.uint8)
     if tissue.any():
         haem = rgb2hed(rgb)[..., 0].astype(np.float32)
+        nuclei = tissue & (haem > threshold_otsu(haem[tissue][::7]))
+        labels[ndimage.binary_opening(nuclei, iterations=1)] = 2
         if epithelium:
             around = ndimage.gaussian_filter(tissue.astype(np.float32), EPITHELIUM_SIGMA)
             density = ndimage.gaussian_filter(np.where(tissue, haem, 0).astype(np.float32), EPITHELIUM_SIGMA)
             density /= np.maximum(around, 1e-3)
             region = (density > threshold_otsu(density[tissue][::7])) & (around > 0.2)
-            region = ndimage.binary_fill_holes(remove_small_objects(region, max_size=EPITHELIUM_MIN_AREA - 1))
-            labels[tissue & region] = 3
-        nuclei = tissue & (haem > threshold_otsu(haem[tissue][::7]))
-        labels[ndimage.binary_opening(nuclei, iterations=1)] = 2
+            region = remove_small_objects(region, max_size=EPITHELIUM_MIN_AREA - 1)
+            # gaps between its cells belong to the region; a lumen or cavity as large as a region does not
+            holes = ndimage.binary_fill_holes(region) & ~region  # enclosed only: glass at the border is no hole
+            region |= holes & ~remove_small_objects(holes, max_size=EPITHELIUM_MIN_AREA - 1)
+            # the region is one filled area, its nuclei and the small gaps between its cells included (an epidermis
+            # band as a pathologist outlines it): inside it the class is decided by the surroundings, outside it by
+            # the pixel -- the two need different fields of view
+            labels[region] = 3
     return labels
 
 
@@ -258,12 +269,14 @@ def build_network(
     features: Sequence[int] = (8, 8, 16, 32, 64, 8),
     mode: str = "soft",
     fixed_index: int = 0,
+    fusion: str = "output",
 ) -> FoveatedSegmenter:
-    """The bundle's network: a tiny MONAI ``BasicUNet`` backbone in a ``FoveatedSegmenter`` (stride = smallest FoV);
-    ``mode="fixed"`` with ``fixed_index`` gives a fixed-scale baseline."""
+    """The bundle's network: a tiny MONAI ``BasicUNet`` backbone in a ``FoveatedSegmenter`` (stride = smallest FoV),
+    whose head mixes the predictions of the scales (``fusion="output"``; ``"input"`` is the paper's eq. 1, see
+    ``FoveatedSegmenter``); ``mode="fixed"`` with ``fixed_index`` gives a fixed-scale baseline."""
     backbone = BasicUNet(spatial_dims=2, in_channels=3, out_channels=num_classes, features=tuple(features))
     return FoveatedSegmenter(backbone, patch_sizes=list(patch_sizes), output_size=output_size, spatial_dims=2,
-                             in_channels=3, mode=mode, fixed_index=fixed_index)
+                             in_channels=3, mode=mode, fixed_index=fixed_index, fusion=fusion)
 
 
 class DenseFoveated(torch.nn.Module):

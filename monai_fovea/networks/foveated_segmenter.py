@@ -1,5 +1,6 @@
 """Foveated segmentation (seed 000): a foveation head on the low-resolution image weights D concentric patches of
-different field of view per location; their weighted sum (eq. 1) goes through any segmentation backbone."""
+different field of view per location; their weighted sum (eq. 1) goes through any segmentation backbone, or (the
+``"output"`` fusion) the backbone segments each patch and the weights mix the predictions."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ class FoveatedSegmenter(nn.Module):
     """Foveation head + segmentation backbone, trained jointly on the segmentation loss.
 
     For each location (a pixel of the low-resolution map, i.e. a ``stride``-sized cell of the image) the head
-    gives weights ``f_d`` over the D patch scales; the backbone segments ``sum_d f_d * p_d`` (eq. 1 of the paper)
-    and predicts the region of the smallest field of view, at ``output_size`` pixels.
+    gives weights ``f_d`` over the D patch scales; the backbone segments ``sum_d f_d * p_d`` (eq. 1 of the paper;
+    or, with ``fusion="output"``, each ``p_d``, and the weights mix the predictions) and predicts the region of the
+    smallest field of view, at ``output_size`` pixels.
 
     Modes:
         ``soft``: the head's softmax weights (eq. 1, the paper's headline).

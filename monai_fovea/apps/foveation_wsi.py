@@ -3,7 +3,8 @@
 There is no labelled whole-slide image offline, so the bundle's task is defined on the one real slide we have,
 the ``cmu_slide`` sample (H&E skin, 2220 × 2967 px at 0.499 µm/px), with labels made by a documented,
 deterministic stain rule (:func:`stain_rule_labels`): 0 = glass/background, 1 = tissue (eosin-dominated),
-2 = haematoxylin-dense nuclei outside epithelium, 3 = epithelium (a tissue-scale region of dense nuclei). The slide is split by rows: the top half (rows 0–1482) is for training -- ``train.json`` fits on rows 0–1226
+2 = haematoxylin-dense nuclei outside epithelium, 3 = epithelium (a tissue-scale region of dense nuclei). The
+slide is split by rows: the top half (rows 0–1482) is for training -- ``train.json`` fits on rows 0–1226
 and validates (chooses the best epoch) on the last :data:`VALIDATION_ROWS` rows of it, 1227–1482 --, the bottom
 half (rows 1483–2966) is held out for evaluation, which runs the full streaming WSI path
 (:class:`monai_fovea.inferers.WSIFoveatedInferer`) on the slide and scores the held-out rows only
@@ -108,12 +109,11 @@ def stain_rule_labels(rgb: np.ndarray, epithelium: bool = True) -> np.ndarray:
             density /= np.maximum(around, 1e-3)
             region = (density > threshold_otsu(density[tissue][::7])) & (around > 0.2)
             region = remove_small_objects(region, max_size=EPITHELIUM_MIN_AREA - 1)
-            # gaps between its cells belong to the region; a lumen or cavity as large as a region does not
+            # one filled area with its nuclei and the gaps between its cells (an epidermis band as a pathologist
+            # outlines it; a lumen or cavity as large as a region stays out): inside it the class is decided by the
+            # surroundings, outside it by the pixel -- the two need different fields of view
             holes = ndimage.binary_fill_holes(region) & ~region  # enclosed only: glass at the border is no hole
             region |= holes & ~remove_small_objects(holes, max_size=EPITHELIUM_MIN_AREA - 1)
-            # the region is one filled area, its nuclei and the small gaps between its cells included (an epidermis
-            # band as a pathologist outlines it): inside it the class is decided by the surroundings, outside it by
-            # the pixel -- the two need different fields of view
             labels[region] = 3
     return labels
 

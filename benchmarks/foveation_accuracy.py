@@ -39,7 +39,7 @@ from monai.networks.nets import BasicUNet, UNet
 from monai_fovea.apps.foveation import evaluate_foveation, train_foveation
 from monai_fovea.apps.foveation_oracle import add_scale_targets, oracle_evaluate
 from monai_fovea.data.synthetic import FOV_TRADEOFF_CLASSES, fov_tradeoff
-from monai_fovea.networks import FoveatedSegmenter
+from monai_fovea.networks import FUSIONS, FoveatedSegmenter
 from monai_fovea.transforms.foveation.array import grid_centers
 
 PATCH_SIZES = [32, 64, 128]
@@ -280,8 +280,8 @@ def main() -> None:
             if mode == "fixed":
                 fixed_models[fusion, fixed] = model
                 if fixed == 0:  # the smallest FoV's model is the same in both fusions
-                    fixed_models.setdefault(("output", 0), model)
-                    fixed_models.setdefault(("input", 0), model)
+                    for other in FUSIONS:
+                        fixed_models.setdefault((other, 0), model)
             iou = " ".join(f"{v:.3f}" for v in res["iou"])
             print(f"{method:18s} seed {seed}: mean IoU {res['mean_iou']:.3f}  per class [{iou}]  "
                   f"({res['seconds']:.0f} s)", flush=True)

@@ -257,11 +257,12 @@ class FoveatedSegmenter(nn.Module):
             return logits
         # the region in output pixels, as a crop box of the resampled wide patch (concentric; may be fractional)
         size = [o * s0 / sd for o, s0, sd in zip(self.output_size, self.patch_sizes[0], self.patch_sizes[scale])]
-        theta = torch.zeros(logits.shape[0], self.spatial_dims, self.spatial_dims + 1, device=logits.device,
-                            dtype=logits.dtype)
+        theta = torch.zeros(1, self.spatial_dims, self.spatial_dims + 1, device=logits.device, dtype=logits.dtype)
         for a in range(self.spatial_dims):  # grid_sample's affine is in (x, y[, z]) order: last axis first
-            theta[:, a, a] = size[self.spatial_dims - 1 - a] / self.output_size[self.spatial_dims - 1 - a]
-        grid = F.affine_grid(theta, [logits.shape[0], 1, *self.output_size], align_corners=False)
+            theta[0, a, a] = size[self.spatial_dims - 1 - a] / self.output_size[self.spatial_dims - 1 - a]
+        # the same box for every prediction: one grid, expanded over the batch
+        grid = F.affine_grid(theta, [1, 1, *self.output_size], align_corners=False)
+        grid = grid.expand(logits.shape[0], *grid.shape[1:])
         return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def forward(self, image: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
